@@ -1,0 +1,37 @@
+PYTHON ?= python3
+# The CPU build of torch; set TORCH_SPEC=torch for your platform's default (e.g. a CUDA build).
+TORCH_SPEC ?= torch==2.13.0
+STAMP := .make/installed
+
+.PHONY: install demo test test-slow quality style bench clean
+
+$(STAMP): pyproject.toml
+	@mkdir -p .make
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PYTHON) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PYTHON) -m hf_rlhf.cli pipeline recipes/tiny/pipeline.yaml
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PYTHON) -m pytest -q -m slow
+
+quality: $(STAMP)
+	$(PYTHON) -m ruff check hf_rlhf tests bench
+	$(PYTHON) -m ruff format --check hf_rlhf tests bench
+
+style: $(STAMP)
+	$(PYTHON) -m ruff check --fix hf_rlhf tests bench
+	$(PYTHON) -m ruff format hf_rlhf tests bench
+
+bench: $(STAMP)
+	$(PYTHON) bench/run.py
+
+clean:
+	rm -rf outputs .make .pytest_cache

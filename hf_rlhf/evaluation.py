@@ -1,0 +1,131 @@
+"""Sampling from a model and measuring it with a reward function (the tiny world's gold labeler, for one).
+
+Generation is batched with left padding; sampling uses the configured temperature with top-k and top-p off, so
+what is measured is the policy's own distribution (the one RL later optimises), not a greedy mode.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass
+class Interval:
+    """A mean with its bootstrap confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def as_dict(self) -> dict:
+        return {"mean": self.mean, "ci_low": self.low, "ci_high": self.high, "n": self.n}
+
+
+def bootstrap_ci(values: Sequence[float], num_resamples: int = 2000, level: float = 0.95, seed: int = 0) -> Interval:
+    """Percentile bootstrap interval of the mean of `values`."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, size=(num_resamples, x.size))].mean(axis=1)
+    alpha = (1 - level) / 2
+    return Interval(float(x.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)), x.size)
+
+
+def chat_prompts(tokenizer: PreTrainedTokenizerBase, questions: Sequence[str]) -> list[str]:
+    """Format user questions with the tokenizer's chat template, ready for the assistant's answer."""
+    return [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+        for q in questions
+    ]
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    batch_size: int = 32,
+    seed: int = 0,
+    stop_at_newline: bool = False,
+    desc: str | None = None,
+) -> list[str]:
+    """Sample one completion per prompt (text prompts, already formatted), cut at EOS.
+
+    Args:
+        stop_at_newline (`bool`): Cut each completion at its first newline, the usual stop for few-shot prompts.
+
+    Returns:
+        `list[str]`: The completions, without the prompt and without special tokens.
+    """
+    torch.manual_seed(seed)
+    random.seed(seed)
+    model.eval()
+    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    config = GenerationConfig(
+        do_sample=temperature > 0,
+        temperature=temperature if temperature > 0 else None,
+        top_k=0 if temperature > 0 else None,
+        top_p=1.0 if temperature > 0 else None,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    outputs = []
+    try:
+        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
+            batch = tokenizer(
+                list(prompts[start : start + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(model.device)
+            ids = model.generate(**batch, generation_config=config)
+            completions = tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            outputs.extend(completions)
+    finally:
+        tokenizer.padding_side = padding_side
+    if stop_at_newline:
+        outputs = [c.lstrip(" ").split("\n", 1)[0] for c in outputs]
+    return [c.strip() for c in outputs]
+
+
+def score_rows(
+    reward_fn: Callable[[list[str], list[str]], list[float]], questions: Sequence[str], completions: Sequence[str]
+) -> list[float]:
+    return [float(s) for s in reward_fn(list(questions), list(completions))]
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    """`hf-rlhf generate`: sample completions for prompts from a finished stage's model."""
+    import argparse
+
+    from .modeling import load_model_for_inference
+
+    parser = argparse.ArgumentParser(prog="hf-rlhf generate", description=main.__doc__)
+    parser.add_argument("--model", required=True, help="A finished stage directory (or any causal LM directory).")
+    parser.add_argument("--prompt", action="append", required=True, help="A prompt; repeat for several.")
+    parser.add_argument("--raw", action="store_true", help="Do not apply the chat template (base models).")
+    parser.add_argument("--max_new_tokens", type=int, default=64, help="Tokens to sample at most.")
+    parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature; 0 for greedy.")
+    parser.add_argument("--seed", type=int, default=0, help="Sampling seed.")
+    parser.add_argument(
+        "--trust_remote_code", action="store_true", help="Allow custom model code from the model directory."
+    )
+    args = parser.parse_args(argv)
+    model, tokenizer = load_model_for_inference(args.model, trust_remote_code=args.trust_remote_code)
+    prompts = args.prompt if args.raw or not tokenizer.chat_template else chat_prompts(tokenizer, args.prompt)
+    completions = generate(
+        model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed
+    )
+    for prompt, completion in zip(args.prompt, completions, strict=True):
+        print(f">>> {prompt}\n{completion}\n")
+    return completions

@@ -1,0 +1,137 @@
+"""Stage 1: pretraining a causal LM on raw documents with transformers `Trainer`.
+
+Documents are tokenized, joined with EOS and packed into fixed blocks; the loss is next-token prediction on every
+token. The model is built from scratch from any `AutoConfig` model type (with a byte-level BPE tokenizer trained on
+the corpus unless the recipe names one), or continued from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from itertools import chain
+
+from transformers import Trainer, default_data_collator, set_seed
+from trl import ModelConfig, TrlParser
+
+from ..artifacts import finish_stage, start_stage
+from ..configs import DataArguments, PretrainConfig, RecipeError, parse_stage_args
+from ..data.formats import check_text_dataset, dataset_fingerprint, load_stage_dataset
+from ..modeling import load_causal_lm, load_tokenizer, model_from_config, resolve_model_path, sync_model_to_tokenizer
+from ..tokenizer import train_bpe_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def make_parser(prog: str | None = None) -> TrlParser:
+    return TrlParser((DataArguments, PretrainConfig, ModelConfig), prog=prog)
+
+
+def pack(dataset, tokenizer, column: str, block_size: int, num_proc: int | None = None):
+    """Tokenize documents, append EOS to each, concatenate and cut into `block_size` blocks (the tail is dropped)."""
+
+    def tokenize(batch):
+        return {"input_ids": [ids + [tokenizer.eos_token_id] for ids in tokenizer(batch[column])["input_ids"]]}
+
+    def group(batch):
+        ids = list(chain.from_iterable(batch["input_ids"]))
+        n = len(ids) // block_size * block_size
+        blocks = [ids[i : i + block_size] for i in range(0, n, block_size)]
+        return {
+            "input_ids": blocks,
+            "labels": [b[:] for b in blocks],
+            "attention_mask": [[1] * block_size] * len(blocks),
+        }
+
+    tokenized = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, num_proc=num_proc)
+    return tokenized.map(group, batched=True, batch_size=1000, num_proc=num_proc)
+
+
+def run(data_args: DataArguments, training_args: PretrainConfig, model_args: ModelConfig) -> dict:
+    """Pretrain (or continue pretraining) and save model, tokenizer and manifest to `training_args.output_dir`.
+
+    Returns:
+        `dict`: the stage manifest (metrics include `eval_loss` and `perplexity` on held-out documents).
+    """
+    if bool(training_args.model_type) == bool(model_args.model_name_or_path):
+        raise RecipeError("pretrain needs exactly one of `model_type` (from scratch) or `model_name_or_path`")
+    if not training_args.output_dir:
+        raise RecipeError("pretrain needs `output_dir`")
+    if model_args.model_name_or_path:
+        resolve_model_path(model_args.model_name_or_path)
+    set_seed(training_args.seed)
+
+    # Data first: bad input fails before any model is built.
+    data = load_stage_dataset(data_args, seed=training_args.seed)
+    dropped = {}
+    for split, ds in data.items():
+        where = f"dataset '{data_args.dataset_name}', split '{split}'"
+        empty = check_text_dataset(ds, where, training_args.text_column)
+        if empty:
+            data[split] = ds.filter(lambda t: bool(t.strip()), input_columns=training_args.text_column)
+            dropped[f"{split}_empty_documents"] = empty
+            logger.warning("%s: dropped %d empty documents", where, empty)
+    start_stage(training_args.output_dir)
+
+    # Tokenizer: named, from the checkpoint, or trained on the corpus.
+    tokenizer_source = training_args.tokenizer_name_or_path or model_args.model_name_or_path
+    if tokenizer_source:
+        tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=model_args.trust_remote_code)
+    else:
+        tokenizer = train_bpe_tokenizer(data["train"][training_args.text_column], training_args.vocab_size)
+
+    if training_args.model_type:
+        model = model_from_config(training_args.model_type, tokenizer, training_args.model_config_kwargs)
+    else:
+        model = load_causal_lm(model_args, tokenizer=tokenizer, trust_remote_code=model_args.trust_remote_code)
+    sync_model_to_tokenizer(model, tokenizer)
+
+    with training_args.main_process_first(desc="packing"):
+        blocks = {
+            split: pack(ds, tokenizer, training_args.text_column, training_args.block_size)
+            for split, ds in data.items()
+        }
+    if len(blocks["train"]) == 0:
+        raise RecipeError(
+            f"dataset '{data_args.dataset_name}' has fewer tokens than one block of {training_args.block_size}"
+        )
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=blocks["train"],
+        eval_dataset=blocks.get("test"),
+        processing_class=tokenizer,
+        data_collator=default_data_collator,
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = {
+        "train_loss": train_result.training_loss,
+        "train_tokens": len(blocks["train"]) * training_args.block_size,
+    }
+    if "test" in blocks and len(blocks["test"]):
+        eval_loss = trainer.evaluate()["eval_loss"]
+        metrics.update(eval_loss=eval_loss, perplexity=math.exp(min(eval_loss, 50)))
+    metrics["num_parameters"] = model.num_parameters()
+    metrics.update(dropped)
+
+    trainer.save_model(training_args.output_dir)
+    tokenizer.save_pretrained(training_args.output_dir)
+    if not trainer.is_world_process_zero():
+        return {}
+    return finish_stage(
+        training_args.output_dir,
+        "pretrain",
+        configs={"data": data_args, "training": training_args, "model": model_args},
+        inputs={
+            "model": model_args.model_name_or_path or f"from scratch ({training_args.model_type})",
+            "tokenizer": tokenizer_source or "trained byte-level BPE",
+            "dataset": {"name": data_args.dataset_name, "fingerprint": dataset_fingerprint(data["train"])},
+        },
+        metrics=metrics,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    data_args, training_args, model_args = parse_stage_args(make_parser("hf-rlhf pretrain"), argv)
+    return run(data_args, training_args, model_args)

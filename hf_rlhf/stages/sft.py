@@ -1,0 +1,91 @@
+"""Stage 2: supervised finetuning on demonstrations with TRL `SFTTrainer`.
+
+Accepts TRL's prompt-completion (standard or conversational), conversational `messages` and `text` formats. The
+loss is on the response tokens by default: the completion for prompt-completion data (TRL's `completion_only_loss`),
+the assistant turns for `messages` data (`assistant_only_loss`, turned on here when the tokenizer's chat template
+marks assistant turns with `{% generation %}`, as hf_rlhf's does). The SFT model is deployable.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from transformers import set_seed
+from trl import ModelConfig, SFTTrainer, TrlParser, get_peft_config
+
+from ..artifacts import finish_stage, start_stage
+from ..configs import DataArguments, RecipeError, SFTStageConfig, parse_stage_args
+from ..data.formats import check_sft_dataset, dataset_fingerprint, is_conversational_dataset, load_stage_dataset
+from ..modeling import load_causal_lm, load_tokenizer, resolve_model_path
+
+logger = logging.getLogger(__name__)
+
+
+def make_parser(prog: str | None = None) -> TrlParser:
+    return TrlParser((DataArguments, SFTStageConfig, ModelConfig), prog=prog)
+
+
+def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: ModelConfig) -> dict:
+    """Finetune `model_args.model_name_or_path` on demonstrations; save model, tokenizer and manifest.
+
+    Returns:
+        `dict`: the stage manifest (metrics include held-out `eval_loss` and `perplexity` on responses).
+    """
+    if not model_args.model_name_or_path:
+        raise RecipeError("sft needs `model_name_or_path` (the pretraining output)")
+    if not training_args.output_dir:
+        raise RecipeError("sft needs `output_dir`")
+    resolve_model_path(model_args.model_name_or_path)
+    set_seed(training_args.seed)
+
+    data = load_stage_dataset(data_args, seed=training_args.seed)
+    formats = {
+        split: check_sft_dataset(ds, f"dataset '{data_args.dataset_name}', split '{split}'")
+        for split, ds in data.items()
+    }
+    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
+    conversational = is_conversational_dataset(data["train"])
+    if conversational and not tokenizer.chat_template and not training_args.chat_template_path:
+        raise RecipeError(
+            f"dataset '{data_args.dataset_name}' is conversational but the tokenizer of "
+            f"'{model_args.model_name_or_path}' has no chat template; set `chat_template_path`"
+        )
+    if formats["train"] == "conversational" and "{% generation %}" in (tokenizer.chat_template or ""):
+        training_args.assistant_only_loss = True
+    start_stage(training_args.output_dir)
+
+    model = load_causal_lm(model_args, tokenizer=tokenizer, trust_remote_code=training_args.trust_remote_code)
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data["train"],
+        eval_dataset=data.get("test"),
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    metrics = {"train_loss": train_result.training_loss, "format": formats["train"]}
+    if "test" in data:
+        eval_loss = trainer.evaluate()["eval_loss"]
+        metrics.update(eval_loss=eval_loss, perplexity=math.exp(min(eval_loss, 50)))
+
+    trainer.save_model(training_args.output_dir)
+    tokenizer.save_pretrained(training_args.output_dir)
+    if not trainer.is_world_process_zero():
+        return {}
+    return finish_stage(
+        training_args.output_dir,
+        "sft",
+        configs={"data": data_args, "training": training_args, "model": model_args},
+        inputs={
+            "model": model_args.model_name_or_path,
+            "dataset": {"name": data_args.dataset_name, "fingerprint": dataset_fingerprint(data["train"])},
+        },
+        metrics=metrics,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    data_args, training_args, model_args = parse_stage_args(make_parser("hf-rlhf sft"), argv)
+    return run(data_args, training_args, model_args)
