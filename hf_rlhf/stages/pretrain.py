@@ -57,8 +57,6 @@ def run(data_args: DataArguments, training_args: PretrainConfig, model_args: Mod
         raise RecipeError("pretrain needs exactly one of `model_type` (from scratch) or `model_name_or_path`")
     if not training_args.output_dir:
         raise RecipeError("pretrain needs `output_dir`")
-    if model_args.model_name_or_path:
-        resolve_model_path(model_args.model_name_or_path)
     set_seed(training_args.seed)
 
     # Data first: bad input fails before any model is built.
@@ -71,6 +69,9 @@ def run(data_args: DataArguments, training_args: PretrainConfig, model_args: Mod
             data[split] = ds.filter(lambda t: bool(t.strip()), input_columns=training_args.text_column)
             dropped[f"{split}_empty_documents"] = empty
             logger.warning("%s: dropped %d empty documents", where, empty)
+    for path in (model_args.model_name_or_path, training_args.tokenizer_name_or_path):
+        if path:
+            resolve_model_path(path)
     start_stage(training_args.output_dir)
 
     # Tokenizer: named, from the checkpoint, or trained on the corpus.

@@ -36,7 +36,6 @@ def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: Mod
         raise RecipeError("sft needs `model_name_or_path` (the pretraining output)")
     if not training_args.output_dir:
         raise RecipeError("sft needs `output_dir`")
-    resolve_model_path(model_args.model_name_or_path)
     set_seed(training_args.seed)
 
     data = load_stage_dataset(data_args, seed=training_args.seed)
@@ -44,6 +43,7 @@ def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: Mod
         split: check_sft_dataset(ds, f"dataset '{data_args.dataset_name}', split '{split}'")
         for split, ds in data.items()
     }
+    resolve_model_path(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
     conversational = is_conversational_dataset(data["train"])
     if conversational and not tokenizer.chat_template and not training_args.chat_template_path:

@@ -1,0 +1,81 @@
+"""The quick preset of the tiny pipeline end to end: pretrain then SFT, the manifests, the report, reuse."""
+
+import json
+import os
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hf_rlhf.artifacts import MANIFEST, IncompleteStageError, require_complete
+from hf_rlhf.pipeline import load_pipeline_recipe, run_pipeline
+
+from .conftest import RECIPES
+
+
+def test_outputs_load_with_auto_classes_and_generate(quick_pipeline):
+    out, _ = quick_pipeline
+    for stage in ("pretrain", "sft"):
+        path = os.path.join(out, stage)
+        assert os.path.isfile(os.path.join(path, "model.safetensors"))
+        assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in os.listdir(path))  # no pickles
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path)
+        assert tokenizer.pad_token_id != tokenizer.eos_token_id
+        inputs = tokenizer("What color is the fox?", return_tensors="pt")
+        ids = model.generate(**inputs, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        assert ids.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_sft_changed_the_pretrained_weights(quick_pipeline):
+    out, _ = quick_pipeline
+    base = AutoModelForCausalLM.from_pretrained(os.path.join(out, "pretrain")).state_dict()
+    tuned = AutoModelForCausalLM.from_pretrained(os.path.join(out, "sft")).state_dict()
+    assert any(not torch.equal(base[k], tuned[k]) for k in base)
+
+
+def test_manifests_record_stage_inputs_and_completion(quick_pipeline):
+    out, _ = quick_pipeline
+    pre = require_complete(os.path.join(out, "pretrain"))
+    sft = require_complete(os.path.join(out, "sft"))
+    assert pre["stage"] == "pretrain" and sft["stage"] == "sft"
+    assert sft["inputs"]["model"] == os.path.join(out, "pretrain")
+    assert sft["inputs"]["dataset"]["fingerprint"]
+    assert pre["metrics"]["perplexity"] > 1 and "eval_loss" in sft["metrics"]
+    assert pre["configs"]["training"]["max_steps"] == 8
+    assert "hub_token" not in json.dumps(pre)
+
+
+def test_report_has_every_row_with_intervals_and_samples(quick_pipeline):
+    out, report = quick_pipeline
+    assert [r["model"] for r in report["rows"]] == ["base (zero-shot)", "base (3-shot)", "SFT"]
+    for row in report["rows"]:
+        g = row["gold"]
+        assert 0 <= g["ci_low"] <= g["mean"] <= g["ci_high"] <= 1 and g["n"] == 24
+    assert len(report["samples"]) == 2 and set(report["samples"][0]) == {
+        "prompt",
+        "base (zero-shot)",
+        "base (3-shot)",
+        "SFT",
+    }
+    with open(os.path.join(out, "report.json")) as f:
+        assert json.load(f)["rows"] == report["rows"]
+    text = open(os.path.join(out, "report.md")).read()
+    assert "| SFT |" in text and "95% interval" in text
+
+
+def test_rerun_skips_finished_stages_and_reruns_unfinished(quick_pipeline, capsys):
+    out, _ = quick_pipeline
+    recipe = load_pipeline_recipe(os.path.join(RECIPES, "tiny", "quick.yaml"), out)
+    mtime = os.path.getmtime(os.path.join(out, "pretrain", "model.safetensors"))
+    # Simulate an SFT run that died before its manifest was written: it must be rerun, never handed on.
+    os.remove(os.path.join(out, "sft", MANIFEST))
+    try:
+        require_complete(os.path.join(out, "sft"))
+        raise AssertionError("an unfinished stage was accepted")
+    except IncompleteStageError:
+        pass
+    run_pipeline(recipe)
+    printed = capsys.readouterr().out
+    assert "pretrain: already complete" in printed and "[hf-rlhf] sft: hf-rlhf sft" in printed
+    assert os.path.getmtime(os.path.join(out, "pretrain", "model.safetensors")) == mtime
+    require_complete(os.path.join(out, "sft"))

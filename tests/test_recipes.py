@@ -1,0 +1,43 @@
+"""Every recipe in recipes/ is parsed with the parser of the command that reads it: a recipe no test loads rots."""
+
+import glob
+import os
+
+import pytest
+
+from hf_rlhf.configs import parse_stage_args
+from hf_rlhf.pipeline import STAGES, load_pipeline_recipe, stage_argv
+
+from .conftest import RECIPES
+
+ALL = sorted(glob.glob(os.path.join(RECIPES, "**", "*.yaml"), recursive=True))
+PIPELINES = [p for p in ALL if "stages:" in open(p).read()]
+STAGE_RECIPES = [p for p in ALL if p not in PIPELINES and "accelerate_configs" not in p]
+
+
+def stage_of(path: str) -> str:
+    name = os.path.basename(path)
+    return next(stage for stage in STAGES if name.startswith(stage))
+
+
+def test_there_are_recipes():
+    assert PIPELINES and STAGE_RECIPES
+
+
+@pytest.mark.parametrize("path", STAGE_RECIPES, ids=lambda p: os.path.relpath(p, RECIPES))
+def test_stage_recipe_parses(path, tmp_path):
+    module = STAGES[stage_of(path)]
+    parsed = parse_stage_args(module.make_parser(), ["--config", path, "--output_dir", str(tmp_path)])
+    data_args, training_args, model_args = parsed
+    assert training_args.output_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: os.path.relpath(p, RECIPES))
+def test_pipeline_recipe_parses_with_every_stage(path, tmp_path):
+    recipe = load_pipeline_recipe(path, str(tmp_path))
+    data = {"documents": "d", "demonstrations": "m", "prompts": "p"}
+    previous = None
+    for name, module in STAGES.items():
+        if name in recipe.stages:
+            parse_stage_args(module.make_parser(), stage_argv(recipe, name, previous, data))
+            previous = os.path.join(str(tmp_path), name)
