@@ -7,8 +7,8 @@ and save) and nothing else: no dataset checks, no manifest, no recipe-key valida
 The training values come from the same YAML recipe the hf_rlhf side reads (keys that are not trainer arguments,
 such as the model shape, are taken out first), so the two sides cannot drift apart when a recipe changes.
 
-Run alone (the tokenizer and model directories come from a previous run):
-    python3 bench/plain.py pretrain --dataset DIR --tokenizer DIR --output_dir DIR --max_steps 30
+Run alone (from the repository root; the SFT model directory is a pretraining output):
+    python3 bench/plain.py pretrain --dataset DIR --output_dir DIR --max_steps 30
     python3 bench/plain.py sft --dataset DIR --model DIR --output_dir DIR --max_steps 30
 """
 
@@ -34,6 +34,8 @@ from transformers import (
 )
 from trl import SFTConfig, SFTTrainer
 
+from hf_rlhf.tokenizer import train_bpe_tokenizer
+
 PRETRAIN_RECIPE = "recipes/tiny/pretrain.yaml"
 SFT_RECIPE = "recipes/tiny/sft.yaml"
 # Recipe keys that describe the model and tokenizer rather than the trainer; the plain script handles them itself.
@@ -56,16 +58,21 @@ def pack(dataset, tokenizer: PreTrainedTokenizerBase, column: str, block_size: i
         ids = list(chain.from_iterable(batch["input_ids"]))
         n = len(ids) // block_size * block_size
         blocks = [ids[i : i + block_size] for i in range(0, n, block_size)]
-        return {"input_ids": blocks, "labels": [b[:] for b in blocks], "attention_mask": [[1] * block_size] * len(blocks)}
+        return {
+            "input_ids": blocks,
+            "labels": [b[:] for b in blocks],
+            "attention_mask": [[1] * block_size] * len(blocks),
+        }
 
     tokenized = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names)
     return tokenized.map(group, batched=True, batch_size=1000)
 
 
-def pretrain(
-    dataset_dir: str, tokenizer_dir: str, output_dir: str, recipe: str = PRETRAIN_RECIPE, **overrides: Any
-) -> dict[str, Any]:
+def pretrain(dataset_dir: str, output_dir: str, recipe: str = PRETRAIN_RECIPE, **overrides: Any) -> dict[str, Any]:
     """Pretrain a from-scratch Llama on the `text` column of a `save_to_disk` DatasetDict; save model and tokenizer.
+
+    The byte-level BPE tokenizer is trained on the corpus with hf_rlhf's `train_bpe_tokenizer`, as the hf_rlhf
+    stage does: a plain script would need the same tokenizer, and the tokenizer is not what is compared.
 
     Returns:
         `dict`: train and eval loss.
@@ -76,7 +83,8 @@ def pretrain(
     set_seed(args.seed)
 
     data: DatasetDict = load_from_disk(dataset_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    column = model_values.get("text_column", "text")
+    tokenizer = train_bpe_tokenizer(data["train"][column], model_values["vocab_size"])
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
@@ -85,8 +93,7 @@ def pretrain(
         **model_values.get("model_config_kwargs", {}),
     )
     model = LlamaForCausalLM(config)
-    column, block_size = model_values.get("text_column", "text"), model_values["block_size"]
-    blocks = {split: pack(ds, tokenizer, column, block_size) for split, ds in data.items()}
+    blocks = {split: pack(ds, tokenizer, column, model_values["block_size"]) for split, ds in data.items()}
 
     trainer = Trainer(
         model=model,
@@ -103,7 +110,9 @@ def pretrain(
     return {"train_loss": train_loss, "eval_loss": eval_loss}
 
 
-def sft(dataset_dir: str, model_dir: str, output_dir: str, recipe: str = SFT_RECIPE, **overrides: Any) -> dict[str, Any]:
+def sft(
+    dataset_dir: str, model_dir: str, output_dir: str, recipe: str = SFT_RECIPE, **overrides: Any
+) -> dict[str, Any]:
     """Finetune `model_dir` with TRL's `SFTTrainer` on a prompt-completion DatasetDict; save model and tokenizer.
 
     Returns:
@@ -129,13 +138,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=["pretrain", "sft"])
     parser.add_argument("--dataset", required=True, help="`save_to_disk` DatasetDict with train and test splits.")
-    parser.add_argument("--tokenizer", help="Tokenizer directory (pretrain).")
     parser.add_argument("--model", help="Pretrained model directory (sft).")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--max_steps", type=int, default=-1)
     a = parser.parse_args(argv)
     if a.stage == "pretrain":
-        metrics = pretrain(a.dataset, a.tokenizer, a.output_dir, max_steps=a.max_steps)
+        metrics = pretrain(a.dataset, a.output_dir, max_steps=a.max_steps)
     else:
         metrics = sft(a.dataset, a.model, a.output_dir, max_steps=a.max_steps)
     print(json.dumps(metrics))

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -35,6 +36,9 @@ WORKER = os.path.join(BENCH_DIR, "worker.py")
 RECIPES = {"pretrain": "recipes/tiny/pretrain.yaml", "sft": "recipes/tiny/sft.yaml"}
 DATASETS = {"pretrain": "documents", "sft": "demonstrations"}
 SIDES = ("hf_rlhf", "plain")
+# Steps of the untimed pretraining run that makes the SFT base model: SFT's cost per step does not depend on how well
+# the base model is trained, so a short run is enough (and still warms the file cache).
+BASE_STEPS = 10
 STAGES = ("pretrain", "sft")
 
 # Sizes that keep the full benchmark around 6 minutes on 2 CPU cores (12 timed runs plus one setup run), and the
@@ -112,19 +116,17 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------- setup
 def prepare(args: argparse.Namespace, work_dir: str, env: dict[str, str]) -> dict[str, str]:
-    """Generate the world, train the tokenizer once and pretrain the base model the SFT runs start from.
+    """Generate the world and pretrain the base model that the SFT runs start from.
 
-    The tokenizer is trained here, once, and both sides load it: tokenizer training is the same library call on
-    both sides and not what is measured, and leaving it out of every run lowers the noise. The SFT base model is a
-    hf_rlhf pretraining run with the benchmark's settings; it also warms the file cache for the timed runs.
+    The SFT base model is one short hf_rlhf pretraining run (`BASE_STEPS`), untimed; it also warms the
+    file cache (Python modules, shared libraries) before the first timed run, so the first run is not penalised.
     """
-    from datasets import load_from_disk
+    import datasets
 
     from hf_rlhf.configs import WorldArguments
     from hf_rlhf.data.world import build_world_datasets
-    from hf_rlhf.tokenizer import train_bpe_tokenizer
-    from plain import read_recipe
 
+    datasets.disable_progress_bars()
     paths = build_world_datasets(
         WorldArguments(
             output_dir=os.path.join(work_dir, "world"),
@@ -132,16 +134,19 @@ def prepare(args: argparse.Namespace, work_dir: str, env: dict[str, str]) -> dic
             num_demonstrations=args.num_demonstrations,
         )
     )
-    documents = load_from_disk(paths["documents"])["train"]
-    vocab_size = read_recipe(os.path.join(REPO_DIR, RECIPES["pretrain"]))["vocab_size"]
-    tokenizer_dir = os.path.join(work_dir, "tokenizer")
-    train_bpe_tokenizer(list(documents["text"]), vocab_size).save_pretrained(tokenizer_dir)
-
-    base_dir = os.path.join(work_dir, "base")
-    inputs = {**paths, "tokenizer": tokenizer_dir, "base": base_dir}
-    if "sft" in args.stages:
-        log("setup: pretraining the SFT base model (untimed; also warms the file cache)")
-        run_once(args, work_dir, env, "hf_rlhf", "pretrain", inputs, name="setup-base", keep_output_at=base_dir)
+    inputs = {**paths, "base": os.path.join(work_dir, "base")}
+    log("setup: pretraining the SFT base model (untimed; also warms the file cache)")
+    run_once(
+        args,
+        work_dir,
+        env,
+        "hf_rlhf",
+        "pretrain",
+        inputs,
+        name="setup-base",
+        keep_output_at=inputs["base"],
+        max_steps=min(args.pretrain_steps, BASE_STEPS),
+    )
     return inputs
 
 
@@ -155,6 +160,7 @@ def run_once(
     inputs: dict[str, str],
     name: str,
     keep_output_at: str | None = None,
+    max_steps: int | None = None,
 ) -> dict[str, Any]:
     """Run one stage through one side in a fresh process and return the worker's result plus the process time."""
     run_dir = os.path.join(work_dir, "runs", name)
@@ -178,23 +184,30 @@ def run_once(
         "--output_dir",
         output_dir,
         "--max_steps",
-        str(args.pretrain_steps if stage == "pretrain" else args.sft_steps),
+        str(max_steps or (args.pretrain_steps if stage == "pretrain" else args.sft_steps)),
         "--result",
         result_path,
     ]
-    command += ["--tokenizer", inputs["tokenizer"]] if stage == "pretrain" else ["--model", inputs["base"]]
+    if stage == "sft":
+        command += ["--model", inputs["base"]]
     log_path = os.path.join(run_dir, "log.txt")
+    load_before = os.getloadavg()[0]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with open(log_path, "w") as log_file:
         returncode = subprocess.call(command, cwd=REPO_DIR, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     process_s = time.perf_counter() - start
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if returncode != 0:
         with open(log_path) as f:
             tail = f.read()[-4000:]
         raise RuntimeError(f"run '{name}' ({side} {stage}) failed with exit code {returncode}:\n{tail}")
     with open(result_path) as f:
         result = json.load(f)
-    result["process_s"] = process_s
+    # CPU time of the process (user + system, all threads): less sensitive than wall time to other processes
+    # taking cores away, so it helps to read a noisy wall-time ratio on a shared machine.
+    process_cpu_s = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    result.update(process_s=process_s, process_cpu_s=process_cpu_s, load_average_before=load_before)
     if not args.keep:
         shutil.rmtree(run_dir)
     return result
@@ -219,6 +232,7 @@ def summarize(runs: list[dict[str, Any]], matmul_flops: float) -> dict[str, Any]
                 "stage_s_max": max(stage_s),
                 "train_s": statistics.median(r["train_s"] for r in mine),
                 "process_s": statistics.median(r["process_s"] for r in mine),
+                "process_cpu_s": statistics.median(r["process_cpu_s"] for r in mine),
                 "train_tokens": statistics.median(r["train_tokens"] for r in mine),
                 "num_parameters": params,
                 # Throughput of the training loop, where the tokens are processed...
@@ -237,12 +251,12 @@ def summarize(runs: list[dict[str, Any]], matmul_flops: float) -> dict[str, Any]
 def compare(summary: dict[str, Any], runs: list[dict[str, Any]], target: float) -> dict[str, Any]:
     """Ratios hf_rlhf / plain of the median times, the verdicts, and checks that both sides did the same work."""
     ratios: dict[str, Any] = {}
-    totals = {side: {"stage_s": 0.0, "train_s": 0.0, "process_s": 0.0} for side in SIDES}
+    totals = {side: {"stage_s": 0.0, "train_s": 0.0, "process_s": 0.0, "process_cpu_s": 0.0} for side in SIDES}
     for stage, sides in summary.items():
         if set(sides) != set(SIDES):
             continue
         hf, plain = sides["hf_rlhf"], sides["plain"]
-        ratios[stage] = {key: hf[key] / plain[key] for key in ("stage_s", "train_s", "process_s")}
+        ratios[stage] = {key: hf[key] / plain[key] for key in ("stage_s", "train_s", "process_s", "process_cpu_s")}
         for side in SIDES:
             for key in totals[side]:
                 totals[side][key] += sides[side][key]
@@ -290,7 +304,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"ratios hf_rlhf / plain of the median wall times (target: stage wall <= {cfg['target']:.2f})",
-        f"{'stage':<9} {'stage wall':>10} {'train loop':>10} {'process':>8}  verdict  same work?",
+        f"{'stage':<9} {'stage wall':>10} {'train loop':>10} {'process':>8} {'proc CPU':>8}  verdict  same work?",
     ]
     for stage, r in ratios.items():
         if stage == "total":
@@ -306,12 +320,13 @@ def format_table(result: dict[str, Any]) -> str:
             same = "; ".join(problems) or "yes (same args, tokens and train loss)"
         verdict = "PASS" if r["pass"] else "FAIL"
         lines.append(
-            f"{stage:<9} {r['stage_s']:>10.3f} {r['train_s']:>10.3f} {r['process_s']:>8.3f}  {verdict:<7}  {same}"
+            f"{stage:<9} {r['stage_s']:>10.3f} {r['train_s']:>10.3f} {r['process_s']:>8.3f} "
+            f"{r['process_cpu_s']:>8.3f}  {verdict:<7}  {same}"
         )
     lines += [
         "",
         "stage wall: the whole stage call (data, model, train, eval, save); train loop: Trainer.train only; "
-        "process: the fresh process including interpreter start and imports.",
+        "process: the fresh process including interpreter start and imports; proc CPU: its user + system CPU time.",
     ]
     return "\n".join(lines)
 
@@ -319,7 +334,6 @@ def format_table(result: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sys.path.insert(0, BENCH_DIR)  # for `plain.read_recipe`
     started = time.time()
     load_start = os.getloadavg()[0]
     env = {
@@ -357,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append(result)
                     log(
                         f"{stage:<8} {side:<7} repeat {repeat + 1}/{args.repeats}: stage {result['stage_s']:.2f} s, "
-                        f"train loop {result['train_s']:.2f} s, process {result['process_s']:.2f} s"
+                        f"train loop {result['train_s']:.2f} s, process {result['process_s']:.2f} s "
+                        f"(load average before {result['load_average_before']:.2f})"
                     )
         matmul_flops_end = measure_matmul_flops(args.matmul_seconds, args.matmul_size)
     finally:

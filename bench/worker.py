@@ -4,10 +4,11 @@
 state or `datasets` caches left behind by the other. It writes a JSON result file:
 
 * `stage_s`: wall time of the whole stage call, from just before the stage is given its arguments until it returns:
-  argument parsing, dataset loading (and, for hf_rlhf, its checks), tokenizer and model loading or building, packing
-  or SFT tokenization, training, the final evaluation and saving (for hf_rlhf, also the manifest). Library imports
-  are done before the clock starts, on both sides, so the span is the same work; `run.py` also records the process
-  wall time, which includes interpreter start and imports.
+  argument parsing, dataset loading (and, for hf_rlhf, its checks), for pretraining tokenizer training, model
+  building and packing, for SFT tokenizer and model loading and TRL's tokenization, then training, the final
+  evaluation and saving (for hf_rlhf, also the manifest). Library imports are done before the clock starts, on both
+  sides, so the span is the same work; `run.py` also records the process wall time, which includes interpreter
+  start and imports.
 * `train_s`: wall time of `Trainer.train` alone (the training loop), on both sides taken by the same wrapper.
 * `train_tokens`: non-padding tokens fed to the model in training forward passes, counted by the same forward hook.
 * the resolved trainer arguments, so `run.py` can check that both sides trained with the same values.
@@ -81,10 +82,7 @@ def run_hf_rlhf(stage: str, a: argparse.Namespace) -> dict[str, Any]:
     argv = ["--config", a.recipe, "--dataset_name", a.dataset, "--output_dir", a.output_dir]
     argv += ["--max_steps", str(a.max_steps)]
     if stage == "pretrain":
-        # A tokenizer trained once by run.py, so neither side spends time training one (the tokenizer is not what
-        # is measured); this is hf_rlhf's `tokenizer_name_or_path` path.
-        argv += ["--tokenizer_name_or_path", a.tokenizer]
-        module = pretrain
+        module = pretrain  # from scratch, with a BPE tokenizer trained on the corpus (the recipe's default path)
     else:
         argv += ["--model_name_or_path", a.model]
         module = sft
@@ -101,7 +99,7 @@ def run_plain(stage: str, a: argparse.Namespace) -> dict[str, Any]:
 
     start = time.perf_counter()
     if stage == "pretrain":
-        metrics = plain.pretrain(a.dataset, a.tokenizer, a.output_dir, recipe=a.recipe, max_steps=a.max_steps)
+        metrics = plain.pretrain(a.dataset, a.output_dir, recipe=a.recipe, max_steps=a.max_steps)
     else:
         metrics = plain.sft(a.dataset, a.model, a.output_dir, recipe=a.recipe, max_steps=a.max_steps)
     stage_s = time.perf_counter() - start
@@ -116,7 +114,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--max_steps", type=int, required=True)
-    parser.add_argument("--tokenizer", help="Tokenizer directory (pretrain).")
     parser.add_argument("--model", help="Pretrained model directory (sft).")
     parser.add_argument("--result", required=True, help="Where to write the JSON result.")
     a = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """The contract between stages: a finished stage directory and its manifest.
 
-A finished stage directory holds the model, the tokenizer and `hf_rlhf_manifest.json`: stage name, resolved config,
+A finished stage directory holds the model, the tokenizer, the card (`README.md`) and `hf_rlhf_manifest.json`: stage name, resolved config,
 metrics, the exact inputs and `"complete": true`. The manifest is written last and atomically (temporary file, then
 rename), so a directory whose manifest is missing or not complete is never handed to the next stage.
 """
@@ -16,7 +16,12 @@ import time
 from typing import Any
 
 MANIFEST = "hf_rlhf_manifest.json"
-PICKLED_TRAINER_FILES = ("training_args.bin",)  # the resolved config goes to the manifest as JSON instead
+PICKLED_TRAINER_FILES = ("training_args.bin",)
+CARD_STAGES = (
+    "pretrain",
+    "sft",
+    "reward",
+)  # stages whose output is a model, with a card  # the resolved config goes to the manifest as JSON instead
 
 
 class IncompleteStageError(RuntimeError):
@@ -86,7 +91,11 @@ def finish_stage(
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "complete": True,
     }
-    atomic_write_json(os.path.join(output_dir, MANIFEST), manifest)
+    if stage in CARD_STAGES:
+        from .cards import write_card
+
+        write_card(output_dir, stage, manifest)
+    atomic_write_json(os.path.join(output_dir, MANIFEST), manifest)  # last: the completion flag
     return manifest
 
 

@@ -13,7 +13,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "world": ("hf_rlhf.data.world:main", "Generate the tiny world's datasets (documents, demonstrations, prompts)."),
     "pretrain": ("hf_rlhf.stages.pretrain:main", "Stage 1: pretrain a causal LM on raw documents."),
     "sft": ("hf_rlhf.stages.sft:main", "Stage 2: supervised finetuning on demonstrations (TRL SFTTrainer)."),
-    "generate": ("hf_rlhf.evaluation:main", "Sample completions from a finished stage's model."),
+    "sample": ("hf_rlhf.comparisons:main", "Write K completions per prompt for ranking (comparison collection)."),
+    "reward": ("hf_rlhf.stages.reward:main", "Stage 3: reward modeling on comparisons (TRL RewardTrainer)."),
+    "score": ("hf_rlhf.rewards:main", "Score (prompt, response) rows with a reward model."),
+    "generate": (
+        "hf_rlhf.evaluation:main",
+        "Sample completions from a model, optionally best-of-N with a reward model.",
+    ),
     "pipeline": ("hf_rlhf.pipeline:main", "Run the stages of a pipeline recipe in order and write the report."),
 }
 

@@ -105,7 +105,7 @@ def score_rows(
 
 
 def main(argv: list[str] | None = None) -> list[str]:
-    """`hf-rlhf generate`: sample completions for prompts from a finished stage's model."""
+    """`hf-rlhf generate`: sample completions from a model; with --best_of N, the reward model's pick of N."""
     import argparse
 
     from .modeling import load_model_for_inference
@@ -118,14 +118,36 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature; 0 for greedy.")
     parser.add_argument("--seed", type=int, default=0, help="Sampling seed.")
     parser.add_argument(
-        "--trust_remote_code", action="store_true", help="Allow custom model code from the model directory."
+        "--best_of", "--best-of", type=int, default=1, help="Sample N completions and keep the reward model's best."
     )
+    parser.add_argument("--reward_model", "--reward-model", help="Reward stage directory (needed with --best_of).")
+    parser.add_argument("--trust_remote_code", action="store_true", help="Allow custom model code.")
     args = parser.parse_args(argv)
+    if args.best_of > 1 and not args.reward_model:
+        parser.error("--best_of needs --reward_model")
     model, tokenizer = load_model_for_inference(args.model, trust_remote_code=args.trust_remote_code)
-    prompts = args.prompt if args.raw or not tokenizer.chat_template else chat_prompts(tokenizer, args.prompt)
-    completions = generate(
-        model, tokenizer, prompts, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed
+    chat = not args.raw and bool(tokenizer.chat_template)
+    prompts = chat_prompts(tokenizer, args.prompt) if chat else args.prompt
+    n = max(1, args.best_of)
+    flat = generate(
+        model,
+        tokenizer,
+        [p for p in prompts for _ in range(n)],
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
     )
+    candidates = [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+    if n > 1:
+        from .rewards import RewardModelScorer, best_of_n
+
+        scorer = RewardModelScorer(args.reward_model, trust_remote_code=args.trust_remote_code)
+        questions = [[{"role": "user", "content": p}] for p in args.prompt] if chat else args.prompt
+        completions, scores = best_of_n(questions, candidates, scorer)
+        for prompt, completion, row in zip(args.prompt, completions, scores, strict=True):
+            print(f">>> {prompt}\n{completion}\n(best of {n}; rewards {', '.join(f'{s:.2f}' for s in row)})\n")
+        return completions
+    completions = [c[0] for c in candidates]
     for prompt, completion in zip(args.prompt, completions, strict=True):
         print(f">>> {prompt}\n{completion}\n")
     return completions

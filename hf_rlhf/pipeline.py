@@ -13,31 +13,37 @@ import hashlib
 import json
 import logging
 import os
-import random
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from . import comparisons
 from .artifacts import atomic_write_json, is_complete, read_manifest, require_complete
 from .configs import RecipeError, WorldArguments, check_keys, load_yaml_mapping, parse_stage_args, to_cli_args
-from .evaluation import bootstrap_ci, chat_prompts, generate
-from .stages import pretrain, sft
+from .report import EvaluationArguments, build_report, write_report
+from .stages import pretrain, reward, sft
 
 logger = logging.getLogger(__name__)
 
-STAGES = {"pretrain": pretrain, "sft": sft}  # stage name -> module with `make_parser` and `run`, in pipeline order
+
+@dataclass(frozen=True)
+class StageSpec:
+    """How the pipeline wires a stage: its module (`make_parser`, `run`) and where its inputs come from."""
+
+    module: Any
+    model_from: str | None = None  # stage whose output is this stage's `model_name_or_path`
+    data_from: str | None = None  # a stage output, or a tiny-world dataset, used as `dataset_name`
+    wired: tuple[tuple[str, str], ...] = ()  # (option, tiny-world dataset or stage) pairs wired in as well
 
 
-@dataclass
-class EvaluationArguments:
-    """How the pipeline measures each model with the gold labeler on the held-out prompts."""
-
-    temperature: float = 1.0
-    max_new_tokens: int = 32
-    few_shot_examples: int = 3
-    num_samples_shown: int = 4
-    batch_size: int = 50
-    bootstrap_resamples: int = 2000
-    seed: int = 0
+# In pipeline order. `sample` is the comparison collection between SFT and reward modeling.
+STAGES: dict[str, StageSpec] = {
+    "pretrain": StageSpec(pretrain, data_from="documents"),
+    "sft": StageSpec(sft, model_from="pretrain", data_from="demonstrations"),
+    "sample": StageSpec(comparisons, model_from="sft", data_from="prompts", wired=(("world_seed", "world_seed"),)),
+    "reward": StageSpec(
+        reward, model_from="sft", data_from="sample", wired=(("reference_dataset", "demonstrations"),)
+    ),
+}
 
 
 @dataclass
@@ -84,18 +90,22 @@ def load_pipeline_recipe(path: str, output_dir: str | None = None) -> PipelineRe
     )
 
 
-def stage_argv(recipe: PipelineRecipe, name: str, previous_dir: str | None, data: dict[str, str]) -> list[str]:
-    """The command line the pipeline gives a stage: its recipe, then what the pipeline wires in, then overrides."""
-    spec = recipe.stages[name]
-    in_recipe = load_yaml_mapping(spec["recipe"]) if "recipe" in spec else {}
+def stage_argv(recipe: PipelineRecipe, name: str, outputs: dict[str, str]) -> list[str]:
+    """The command line the pipeline gives a stage: its recipe, then what the pipeline wires in, then overrides.
+
+    `outputs` maps finished stages and tiny-world datasets to their directories. A key the stage recipe sets itself
+    is never overridden by the wiring.
+    """
+    spec, stage = STAGES[name], recipe.stages[name]
+    in_recipe = load_yaml_mapping(stage["recipe"]) if "recipe" in stage else {}
+    wanted = {"output_dir": name, "model_name_or_path": spec.model_from, "dataset_name": spec.data_from}
+    wanted.update(dict(spec.wired))
     wired = {"output_dir": os.path.join(recipe.output_dir, name)}
-    if previous_dir is not None:
-        wired["model_name_or_path"] = previous_dir
-    default_data = {"pretrain": "documents", "sft": "demonstrations"}.get(name)
-    if default_data in data and "dataset_name" not in in_recipe:
-        wired["dataset_name"] = data[default_data]
-    argv = ["--config", spec["recipe"]] if "recipe" in spec else []
-    return argv + to_cli_args(wired) + to_cli_args(spec.get("overrides") or {})
+    for option, source in wanted.items():
+        if option != "output_dir" and source in outputs and option not in in_recipe:
+            wired[option] = outputs[source]
+    argv = ["--config", stage["recipe"]] if "recipe" in stage else []
+    return argv + to_cli_args(wired) + to_cli_args(stage.get("overrides") or {})
 
 
 def _args_hash(argv: list[str]) -> str:
@@ -123,12 +133,14 @@ def run_pipeline(recipe: PipelineRecipe, overwrite: bool = False) -> dict[str, A
         else:
             data = {n: os.path.join(recipe.world.output_dir, n) for n in WORLD_DATASETS}
 
+    if recipe.world is not None:
+        data["world_seed"] = str(recipe.world.seed)
     stage_dirs: dict[str, str] = {}
-    previous = None
-    for name, module in STAGES.items():
+    for name, spec in STAGES.items():
         if name not in recipe.stages:
             continue
-        argv = stage_argv(recipe, name, previous, data)
+        module = spec.module
+        argv = stage_argv(recipe, name, {**data, **stage_dirs})
         out_dir = os.path.join(recipe.output_dir, name)
         digest = _args_hash(argv)
         manifest = read_manifest(out_dir)
@@ -144,110 +156,11 @@ def run_pipeline(recipe: PipelineRecipe, overwrite: bool = False) -> dict[str, A
                 os.path.join(out_dir, "hf_rlhf_manifest.json"), {**manifest, "pipeline_args_hash": digest}
             )
         stage_dirs[name] = out_dir
-        previous = out_dir
 
-    report = build_report(recipe, stage_dirs, data)
+    world_seed = recipe.world.seed if recipe.world is not None else None
+    report = build_report(recipe.output_dir, recipe.evaluation, stage_dirs, data.get("prompts"), world_seed)
     write_report(report, recipe.output_dir)
     return report
-
-
-# ------------------------------------------------------------------------------------------------- report
-def build_report(recipe: PipelineRecipe, stage_dirs: dict[str, str], data: dict[str, str]) -> dict[str, Any]:
-    """Stage metrics, and the gold labeler's score of every model on the same held-out prompts."""
-    report: dict[str, Any] = {
-        "output_dir": recipe.output_dir,
-        "stages": {name: require_complete(path)["metrics"] for name, path in stage_dirs.items()},
-        "evaluation": asdict(recipe.evaluation),
-        "rows": [],
-        "samples": [],
-    }
-    if recipe.world is None or "prompts" not in data:
-        return report
-
-    from datasets import load_from_disk
-
-    from .data.world import TinyWorld
-    from .modeling import load_model_for_inference
-
-    world = TinyWorld(recipe.world.seed)
-    ev = recipe.evaluation
-    questions = [row["prompt"][-1]["content"] for row in load_from_disk(data["prompts"])["test"]]
-    rng = random.Random(ev.seed)
-    few_shot = [
-        world.few_shot_prefix(world.find_prompt(q).animal, rng, ev.few_shot_examples) + q + "\nA:" for q in questions
-    ]
-    plans = []  # (row name, stage, formatted prompts, cut at newline)
-    if "pretrain" in stage_dirs:
-        plans.append(("base (zero-shot)", "pretrain", [q + "\n" for q in questions], False))
-        plans.append((f"base ({ev.few_shot_examples}-shot)", "pretrain", few_shot, True))
-    if "sft" in stage_dirs:
-        plans.append(("SFT", "sft", None, False))
-
-    responses: dict[str, list[str]] = {}
-    for row_name, stage, prompts, cut in plans:
-        model, tokenizer = load_model_for_inference(stage_dirs[stage])
-        if prompts is None:
-            prompts = chat_prompts(tokenizer, questions)
-        completions = generate(
-            model,
-            tokenizer,
-            prompts,
-            max_new_tokens=ev.max_new_tokens,
-            temperature=ev.temperature,
-            batch_size=ev.batch_size,
-            seed=ev.seed,
-            stop_at_newline=cut,
-            desc=f"sampling {row_name}",
-        )
-        scores = world.gold_scores(questions, completions)
-        interval = bootstrap_ci(scores, ev.bootstrap_resamples, seed=ev.seed)
-        lengths = [len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in completions]
-        report["rows"].append(
-            {"model": row_name, "stage": stage, "gold": interval.as_dict(), "mean_length": sum(lengths) / len(lengths)}
-        )
-        responses[row_name] = completions
-    for i in range(min(ev.num_samples_shown, len(questions))):
-        report["samples"].append({"prompt": questions[i], **{name: r[i] for name, r in responses.items()}})
-    return report
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """The report as Markdown: stage metrics, the gold score table, and samples side by side."""
-    lines = ["# hf_rlhf pipeline report", "", "## Stages", "", "| stage | metric | value |", "|---|---|---|"]
-    for stage, metrics in report["stages"].items():
-        for key, value in metrics.items():
-            shown = f"{value:.4g}" if isinstance(value, float) else value
-            lines.append(f"| {stage} | {key} | {shown} |")
-    if report["rows"]:
-        ev = report["evaluation"]
-        lines += [
-            "",
-            f"## Gold labeler on held-out prompts (temperature {ev['temperature']}, 95% bootstrap interval)",
-            "",
-            "| model | gold score | 95% interval | n | mean length (tokens) |",
-            "|---|---|---|---|---|",
-        ]
-        for row in report["rows"]:
-            g = row["gold"]
-            lines.append(
-                f"| {row['model']} | {g['mean']:.3f} | [{g['ci_low']:.3f}, {g['ci_high']:.3f}] | {g['n']} "
-                f"| {row['mean_length']:.1f} |"
-            )
-    if report["samples"]:
-        names = [k for k in report["samples"][0] if k != "prompt"]
-        lines += ["", "## Samples", "", "| prompt | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-        for sample in report["samples"]:
-            cells = [sample["prompt"]] + [sample[n] for n in names]
-            lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", "⏎") for c in cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def write_report(report: dict[str, Any], output_dir: str) -> None:
-    atomic_write_json(os.path.join(output_dir, "report.json"), report)
-    text = format_report(report)
-    with open(os.path.join(output_dir, "report.md"), "w") as f:
-        f.write(text)
-    print(text)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def test_there_are_recipes():
 
 @pytest.mark.parametrize("path", STAGE_RECIPES, ids=lambda p: os.path.relpath(p, RECIPES))
 def test_stage_recipe_parses(path, tmp_path):
-    module = STAGES[stage_of(path)]
+    module = STAGES[stage_of(path)].module
     parsed = parse_stage_args(module.make_parser(), ["--config", path, "--output_dir", str(tmp_path)])
     data_args, training_args, model_args = parsed
     assert training_args.output_dir == str(tmp_path)
@@ -35,9 +35,8 @@ def test_stage_recipe_parses(path, tmp_path):
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: os.path.relpath(p, RECIPES))
 def test_pipeline_recipe_parses_with_every_stage(path, tmp_path):
     recipe = load_pipeline_recipe(path, str(tmp_path))
-    data = {"documents": "d", "demonstrations": "m", "prompts": "p"}
-    previous = None
-    for name, module in STAGES.items():
+    outputs = {"documents": "d", "demonstrations": "m", "prompts": "p"}
+    for name, spec in STAGES.items():
         if name in recipe.stages:
-            parse_stage_args(module.make_parser(), stage_argv(recipe, name, previous, data))
-            previous = os.path.join(str(tmp_path), name)
+            parse_stage_args(spec.module.make_parser(), stage_argv(recipe, name, outputs))
+            outputs[name] = os.path.join(str(tmp_path), name)

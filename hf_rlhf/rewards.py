@@ -1,0 +1,223 @@
+"""Reward models in use: one encoding of (prompt, completion), one scorer, best-of-N, reward functions.
+
+The reward stage trains on sequences encoded by `encode_for_reward`, and everything that scores later (the `score`
+command, best-of-N, the RL stage) encodes the same way, so the reward is read at the same last token it was trained
+on. A reward function is anything with the signature `f(prompts, completions) -> list[float]`; `RewardModelScorer`
+makes a trained reward model one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+
+RewardFunction = Callable[[list[Any], list[Any]], list[float]]
+SCORE_BIAS_FLAG = "hf_rlhf_score_bias"  # config attribute: the head carries a bias saved as `score.bias`
+
+
+def as_messages(prompt: Any) -> list[dict[str, str]] | None:
+    """A conversational prompt as a list of messages, or None for a plain-text prompt."""
+    if isinstance(prompt, list):
+        return prompt
+    return None
+
+
+def encode_for_reward(tokenizer: PreTrainedTokenizerBase, prompt: Any, completion: Any) -> list[int]:
+    """Token ids of a (prompt, completion) as the reward model reads them; the reward is read at the last one.
+
+    Conversational prompts (lists of messages) go through the chat template with the completion as the assistant's
+    turn; plain text is `prompt + completion + EOS`, as TRL's `RewardTrainer` does.
+    """
+    messages = as_messages(prompt)
+    if messages is not None or isinstance(completion, list):
+        reply = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
+        text = tokenizer.apply_chat_template(
+            (messages or [{"role": "user", "content": prompt}]) + reply, tokenize=False
+        )
+    else:
+        text = prompt + completion
+        if not text.endswith(tokenizer.eos_token):
+            text += tokenizer.eos_token
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+# ------------------------------------------------------------------------------------------ the score head
+def reward_head(model: PreTrainedModel) -> nn.Linear:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = getattr(base, "score", None)
+    if not isinstance(head, nn.Module):
+        raise ValueError(
+            f"{type(base).__name__} has no `score` head; reward models need a sequence-classification head"
+        )
+    # peft wraps modules_to_save in a ModulesToSaveWrapper; the trained copy is what scores
+    return getattr(head, "modules_to_save", {}).get("default", head) if hasattr(head, "modules_to_save") else head
+
+
+def shift_reward(model: PreTrainedModel, offset: float) -> None:
+    """Add `offset` to every reward by shifting the bias of the score head (adding a bias if it has none).
+
+    The bias is saved as `score.bias` and `config.hf_rlhf_score_bias` is set; `load_reward_model` restores it
+    (plain `from_pretrained` of an architecture whose head has no bias would drop it).
+    """
+    head = reward_head(model)
+    if head.bias is None:
+        head.bias = nn.Parameter(torch.zeros(head.out_features, dtype=head.weight.dtype, device=head.weight.device))
+    with torch.no_grad():
+        head.bias += offset
+    (model.get_base_model() if hasattr(model, "get_base_model") else model).config.update({SCORE_BIAS_FLAG: True})
+
+
+def load_reward_model(path: str, *, trust_remote_code: bool = False, dtype: Any = None) -> PreTrainedModel:
+    """Load a reward (or value) model: `AutoModelForSequenceClassification` with one label, safetensors only.
+
+    Restores the head bias written by `shift_reward`.
+    """
+    from transformers.utils import logging as hf_logging
+
+    from .modeling import resolve_model_path
+
+    path = resolve_model_path(path, "reward model")
+    with open(os.path.join(path, "config.json")) as f:
+        has_bias = bool(json.load(f).get(SCORE_BIAS_FLAG))
+    verbosity = hf_logging.get_verbosity()
+    if has_bias:  # transformers would report `score.bias` as an unexpected key; it is restored below
+        hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if has_bias:
+        weights = os.path.join(path, "model.safetensors")
+        with safe_open(weights, framework="pt") as f:
+            bias = f.get_tensor("score.bias")
+        head = reward_head(model)
+        head.bias = nn.Parameter(bias.to(head.weight.dtype))
+    return model
+
+
+@torch.no_grad()
+def score_sequences(
+    model: PreTrainedModel, input_ids: Sequence[Sequence[int]], pad_token_id: int, batch_size: int = 32
+) -> torch.Tensor:
+    """Rewards of already-encoded sequences, right-padded in batches; returns a float tensor of shape (n,)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(input_ids), batch_size):
+        batch = [torch.tensor(ids) for ids in input_ids[start : start + batch_size]]
+        ids = nn.utils.rnn.pad_sequence(batch, batch_first=True, padding_value=pad_token_id).to(device)
+        mask = (
+            torch.arange(ids.shape[1], device=device)[None]
+            < torch.tensor([len(b) for b in batch], device=device)[:, None]
+        ).long()
+        out.append(model(input_ids=ids, attention_mask=mask).logits[:, 0].float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+class RewardModelScorer:
+    """A trained reward model as a reward function `f(prompts, completions) -> list[float]`.
+
+    Args:
+        path_or_model: A reward stage directory, or an already loaded model.
+        tokenizer: Needed when a model object is given.
+        batch_size: Sequences scored at a time.
+    """
+
+    def __init__(
+        self,
+        path_or_model: str | PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        batch_size: int = 32,
+        trust_remote_code: bool = False,
+    ):
+        from .modeling import load_tokenizer
+
+        if isinstance(path_or_model, str):
+            self.model = load_reward_model(path_or_model, trust_remote_code=trust_remote_code)
+            tokenizer = tokenizer or load_tokenizer(path_or_model, trust_remote_code=trust_remote_code)
+        else:
+            self.model = path_or_model
+        if tokenizer is None:
+            raise ValueError("RewardModelScorer needs a tokenizer when given a model object")
+        self.tokenizer, self.batch_size = tokenizer, batch_size
+        self.__name__ = "reward_model"
+
+    def __call__(self, prompts: list[Any], completions: list[Any]) -> list[float]:
+        encoded = [encode_for_reward(self.tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
+        return score_sequences(self.model, encoded, self.tokenizer.pad_token_id, self.batch_size).tolist()
+
+
+def best_of_n(
+    prompts: Sequence[Any], candidates: Sequence[Sequence[str]], reward_fn: RewardFunction
+) -> tuple[list[str], list[list[float]]]:
+    """For each prompt, the candidate with the highest reward (first one on ties), and all the rewards.
+
+    Args:
+        prompts: One prompt per row.
+        candidates: N completions per row.
+        reward_fn: Scores (prompt, completion) pairs.
+    """
+    flat_prompts = [p for p, cands in zip(prompts, candidates, strict=True) for _ in cands]
+    flat = [c for cands in candidates for c in cands]
+    scores = reward_fn(flat_prompts, flat)
+    best, all_scores, i = [], [], 0
+    for cands in candidates:
+        row = list(scores[i : i + len(cands)])
+        i += len(cands)
+        all_scores.append(row)
+        best.append(cands[max(range(len(row)), key=row.__getitem__)])
+    return best, all_scores
+
+
+def main(argv: list[str] | None = None) -> list[float]:
+    """`hf-rlhf score`: score (prompt, response) rows with a reward model."""
+    import argparse
+    import json
+
+    from .configs import DataArguments
+    from .data.formats import DataValidationError, load_stage_dataset
+
+    parser = argparse.ArgumentParser(prog="hf-rlhf score", description=main.__doc__)
+    parser.add_argument("--reward_model", required=True, help="A reward stage directory.")
+    parser.add_argument("--dataset_name", help="Rows with 'prompt' and 'response' (or 'completion') columns.")
+    parser.add_argument("--prompt", action="append", help="A prompt (with --response); repeat for several.")
+    parser.add_argument("--response", action="append", help="The response to the --prompt at the same position.")
+    parser.add_argument("--output", help="Write the rows with a 'reward' column to this .jsonl file.")
+    parser.add_argument("--batch_size", type=int, default=32, help="Sequences scored at a time.")
+    parser.add_argument("--trust_remote_code", action="store_true", help="Allow custom model code.")
+    args = parser.parse_args(argv)
+    if args.dataset_name:
+        data = load_stage_dataset(DataArguments(dataset_name=args.dataset_name, eval_split_size=0.0))["train"]
+        column = "response" if "response" in data.column_names else "completion"
+        if "prompt" not in data.column_names or column not in data.column_names:
+            raise DataValidationError(
+                f"dataset '{args.dataset_name}': expected columns 'prompt' and 'response' (or 'completion'), "
+                f"found {data.column_names}"
+            )
+        prompts, responses = data["prompt"], data[column]
+    elif args.prompt and args.response and len(args.prompt) == len(args.response):
+        prompts, responses = args.prompt, args.response
+        prompts = [[{"role": "user", "content": p}] for p in prompts]  # plain questions are user turns
+    else:
+        parser.error("give --dataset_name, or as many --response as --prompt")
+    scores = RewardModelScorer(
+        args.reward_model, batch_size=args.batch_size, trust_remote_code=args.trust_remote_code
+    )(list(prompts), list(responses))
+    rows = [{"prompt": p, "response": r, "reward": s} for p, r, s in zip(prompts, responses, scores, strict=True)]
+    if args.output:
+        with open(args.output, "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        print(f"wrote {len(rows)} scored rows to {args.output}")
+    else:
+        for row in rows:
+            print(json.dumps(row))
+    return scores

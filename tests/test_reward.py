@@ -1,0 +1,239 @@
+"""Reward modeling: pair expansion and grouping, the grouped loss, centring, best-of-N, bad input, quality checks."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import LlamaConfig, LlamaForSequenceClassification
+
+from hf_rlhf.comparisons import ranks_from_scores
+from hf_rlhf.data.formats import DataValidationError
+from hf_rlhf.data.preference import pairs_from_ranking, to_groups
+from hf_rlhf.reward_trainer import GroupedPreferenceCollator, grouped_pairwise_loss, quality_report
+from hf_rlhf.rewards import best_of_n, load_reward_model, score_sequences, shift_reward
+from hf_rlhf.stages.reward import RewardStageConfig, encode_groups
+
+
+def ranked(completions, ranking, prompt="q"):
+    return {"prompt": prompt, "completions": completions, "ranking": ranking}
+
+
+def test_pair_expansion_full_order_ties_and_k2():
+    assert pairs_from_ranking([1, 2]) == [(0, 1)]
+    assert pairs_from_ranking([2, 1]) == [(1, 0)]
+    five = pairs_from_ranking([3, 1, 5, 2, 4])
+    assert len(five) == 5 * 4 // 2
+    assert (1, 3) in five and (3, 0) in five and (0, 4) in five and (4, 2) in five
+    assert sorted(pairs_from_ranking([1, 1, 2])) == [(0, 2), (1, 2)]  # the tie gives no pair
+    assert pairs_from_ranking([1, 1]) == []
+
+
+def test_groups_keep_all_pairs_of_a_prompt_together():
+    data = Dataset.from_list([ranked(["a", "b", "c", "d", "e"], [1, 2, 3, 4, 5]), ranked(["x", "y"], [2, 1])])
+    groups, dropped, fmt = to_groups(data, "d")
+    assert fmt == "ranked" and dropped == {} and len(groups) == 2
+    assert len(groups[0]["pairs"]) == 10 and groups[1]["pairs"] == [(1, 0)]
+
+    collated = GroupedPreferenceCollator(pad_token_id=0)(
+        [
+            {"input_ids": [[5, 6], [7], [8, 9, 1]], "pairs": [(0, 1), (0, 2)], "margins": [0.0, 0.0]},
+            {"input_ids": [[4], [3, 3]], "pairs": [(1, 0)], "margins": [0.5]},
+        ]  # fmt: skip
+    )
+    assert collated["input_ids"].tolist() == [[5, 6, 0], [7, 0, 0], [8, 9, 1], [4, 0, 0], [3, 3, 0]]
+    assert collated["attention_mask"].sum(1).tolist() == [2, 1, 3, 1, 2]
+    assert collated["chosen_index"].tolist() == [0, 0, 4]
+    assert collated["rejected_index"].tolist() == [1, 2, 3]
+    assert collated["pair_group"].tolist() == [0, 0, 1]
+    assert collated["margin"].tolist() == [0.0, 0.0, 0.5]
+
+
+def test_grouped_loss_equals_hand_computation():
+    rewards = torch.tensor([2.0, 0.5, -1.0, 0.3, 0.1])
+    chosen, rejected = torch.tensor([0, 0, 1, 4]), torch.tensor([1, 2, 2, 3])
+    group = torch.tensor([0, 0, 0, 1])
+
+    def nll(d):
+        return -math.log(1 / (1 + math.exp(-d)))
+
+    group0 = (nll(2.0 - 0.5) + nll(2.0 + 1.0) + nll(0.5 + 1.0)) / 3
+    group1 = nll(0.1 - 0.3)
+    expected = (group0 + group1) / 2  # each prompt weighs the same, whatever its number of pairs
+    loss = grouped_pairwise_loss(rewards, chosen, rejected, group, 2)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    with_margin = grouped_pairwise_loss(rewards, chosen, rejected, group, 2, torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    assert with_margin.item() == pytest.approx((group0 + nll(0.1 - 0.3 - 1.0)) / 2, rel=1e-6)
+    # pairwise rows (one pair per group) reduce to TRL's RewardTrainer loss
+    pairwise = grouped_pairwise_loss(rewards, torch.tensor([0, 3]), torch.tensor([1, 4]), torch.tensor([0, 1]), 2)
+    upstream = -torch.nn.functional.logsigmoid(rewards[[0, 3]] - rewards[[1, 4]]).mean()
+    assert pairwise.item() == pytest.approx(upstream.item())
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (ranked(["a", "b"], [1]), "expected 2 ranks"),
+        (ranked(["a", "b"], [1, 0]), "expected 2 ranks"),
+        (ranked(["a"], [1]), "has 1 completions, expected >= 2"),
+        (ranked(["a", ""], [1, 2]), "item 1 is empty"),
+        (ranked(["a", "b"], [1, 1]), "ties every completion"),
+    ],
+)
+def test_bad_ranked_rows_name_the_row(row, message):
+    data = Dataset.from_list([ranked(["ok", "fine"], [1, 2]), row])
+    with pytest.raises(DataValidationError, match=rf"dataset 'd', split 'train': row 1: .*{message}"):
+        to_groups(data, "dataset 'd', split 'train'")
+
+
+def test_ranking_of_wrong_type():
+    with pytest.raises(DataValidationError, match=r"row 0: column 'ranking' is \['1', '2'\]: expected 2 ranks"):
+        to_groups(Dataset.from_list([ranked(["a", "b"], ["1", "2"])]), "d")
+
+
+def test_bad_pairwise_rows_and_drop_mode_counts():
+    rows = [
+        {"prompt": "q", "chosen": "good", "rejected": "bad", "margin": 1.0},
+        {"prompt": "q", "chosen": "same", "rejected": "same", "margin": 0.0},
+        {"prompt": "q", "chosen": "", "rejected": "bad", "margin": 0.0},
+    ]
+    data = Dataset.from_list(rows)
+    with pytest.raises(DataValidationError, match="row 1: column 'chosen' equals column 'rejected'"):
+        to_groups(data, "d")
+    groups, dropped, fmt = to_groups(data, "d", on_invalid="drop")
+    assert fmt == "pairwise" and len(groups) == 1
+    assert dropped == {"chosen_equals_rejected": 1, "empty_completion": 1}
+    assert groups[0]["margins"] == [1.0] and groups[0]["pairs"] == [(0, 1)]
+    conversational = Dataset.from_list(
+        [
+            {
+                "chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}],
+            }
+        ]  # fmt: skip
+    )
+    assert len(to_groups(conversational, "d")[0]) == 1
+    with pytest.raises(DataValidationError, match="expected columns"):
+        to_groups(Dataset.from_list([{"prompt": "q", "answer": "a"}]), "d")
+
+
+def test_long_rows_are_dropped_truncated_or_refused_and_counted(world_tokenizer):
+    groups = [
+        {"prompt": "short", "completions": ["a", "b"], "pairs": [(0, 1)], "margins": [0.0], "ranks": [1, 2]},
+        {"prompt": "long " * 80, "completions": ["a", "b"], "pairs": [(0, 1)], "margins": [0.0], "ranks": [1, 2]},
+    ]
+    args = RewardStageConfig(output_dir="x", max_length=40, too_long="drop")
+    kept, counts = encode_groups(groups, world_tokenizer, args, "d")
+    assert len(kept) == 1 and counts["too_long_dropped"] == 1
+    args.too_long = "truncate"
+    kept, counts = encode_groups(groups, world_tokenizer, args, "d")
+    assert len(kept) == 2 and counts["too_long_truncated"] == 1
+    assert all(len(ids) <= 40 for ids in kept[1]["input_ids"])
+    assert kept[1]["input_ids"][0][-1] == world_tokenizer("a" + world_tokenizer.eos_token)["input_ids"][-1]
+    args.too_long = "error"
+    with pytest.raises(DataValidationError, match="row 1 has a sequence of .* over max_length=40"):
+        encode_groups(groups, world_tokenizer, args, "d")
+
+
+@pytest.fixture(scope="module")
+def world_tokenizer():
+    from hf_rlhf.data.world import TinyWorld
+    from hf_rlhf.tokenizer import train_bpe_tokenizer
+
+    return train_bpe_tokenizer(TinyWorld(0).documents(200), vocab_size=300)
+
+
+def test_centring_shifts_the_head_bias_and_survives_save_and_load(tmp_path, world_tokenizer):
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(world_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=world_tokenizer.pad_token_id,
+    )  # fmt: skip
+    model = LlamaForSequenceClassification(config).eval()
+    reference = [world_tokenizer(t)["input_ids"] for t in ["The fox is red.", "The owl eats fish.", "why?"]]
+    before = score_sequences(model, reference, world_tokenizer.pad_token_id)
+    assert abs(before.mean().item()) > 1e-4
+    shift_reward(model, -before.mean().item())
+    after = score_sequences(model, reference, world_tokenizer.pad_token_id)
+    assert after.mean().item() == pytest.approx(0.0, abs=1e-5)
+    assert torch.allclose(after - before, after[0] - before[0])  # a constant shift: preferences unchanged
+    model.save_pretrained(tmp_path)
+    loaded = load_reward_model(str(tmp_path))
+    assert torch.allclose(score_sequences(loaded, reference, world_tokenizer.pad_token_id), after, atol=1e-5)
+
+
+def test_best_of_n_picks_the_argmax():
+    def reward_fn(prompts, completions):
+        return [float(len(c)) for c in completions]
+
+    best, scores = best_of_n(["p1", "p2"], [["a", "abc", "ab"], ["zz", "z", "zz"]], reward_fn)
+    assert best == ["abc", "zz"]  # first of the tied maxima
+    assert scores == [[1.0, 3.0, 2.0], [2.0, 1.0, 2.0]]
+
+
+def test_ranks_from_scores_gives_competition_ranks_with_ties():
+    assert ranks_from_scores([0.5, 1.0, 0.5, 0.0]) == [2, 1, 2, 4]
+
+
+def test_quality_report_accuracy_distance_and_symmetric_calibration():
+    groups = [{"pairs": [(0, 1), (0, 2), (1, 2)], "ranks": [1, 2, 3]}, {"pairs": [(1, 0)], "ranks": [2, 1]}]
+    rewards = [[3.0, 1.0, 2.0], [0.0, 1.0]]
+    q = quality_report(groups, rewards, bins=4)
+    assert q["num_pairs"] == 4
+    assert q["accuracy"] == pytest.approx(3 / 4)  # (1, 2) is the only mistake
+    assert q["accuracy_by_rank_distance"] == {"1": pytest.approx(2 / 3), "2": 1.0}
+    assert q["reward_gap"] == pytest.approx((2 + 1 - 1 + 1) / 4)
+    assert sum(c["count"] for c in q["calibration"]) == 8  # each pair in both orders
+    low, high = q["calibration"][0], q["calibration"][-1]
+    assert low["observed"] == pytest.approx(1 - high["observed"])
+
+
+def test_quick_pipeline_through_the_reward_stage(quick_pipeline):
+    out, report = quick_pipeline
+    names = [r["model"] for r in report["rows"]]
+    assert names[-1] == "SFT best-of-3 (reward model)"
+    assert all("reward_model_score" in r for r in report["rows"])
+    manifest = json.load(open(os.path.join(out, "reward", "hf_rlhf_manifest.json")))
+    centring = manifest["metrics"]["reward_centring"]
+    assert centring["mean"] == 0.0 and centring["std"] > 0
+    assert 0 <= manifest["metrics"]["eval"]["accuracy"] <= 1
+    assert os.path.isfile(os.path.join(out, "reward", "calibration.png"))
+    card = open(os.path.join(out, "reward", "README.md")).read()
+    assert "This is a reward model, not a chat model." in card
+    assert "/tmp" not in card and out not in card  # no local paths in cards
+    comparisons = os.path.join(out, "sample")
+    rows = [json.loads(line) for line in open(os.path.join(comparisons, "comparisons_train.jsonl"))]
+    assert len(rows[0]["completions"]) == 3 and len(rows[0]["ranking"]) == 3
+    assert "Reward model checks" in open(os.path.join(out, "report.md")).read()
+
+
+def test_hand_ranked_jsonl_round_trip(quick_pipeline, tmp_path):
+    """People rank the exported JSONL by hand; the reward stage reads it back."""
+    from hf_rlhf.stages import reward
+
+    out, _ = quick_pipeline
+    rows = [json.loads(line) for line in open(os.path.join(out, "sample", "comparisons_train.jsonl"))][:12]
+    for row in rows:
+        row["ranking"] = list(range(1, len(row["completions"]) + 1))  # "the first is best"
+        row["completions"] = [c or "(empty)" for c in row["completions"]]
+    path = tmp_path / "ranked.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest = reward.main(
+        [
+            "--config",
+            os.path.join(os.path.dirname(__file__), "..", "recipes", "tiny", "reward.yaml"),
+            "--model_name_or_path",
+            os.path.join(out, "sft"),
+            "--dataset_name",
+            str(path),
+            "--output_dir",
+            str(tmp_path / "rm"),
+            "--max_steps",
+            "2",
+            "--eval_split_size",
+            "0.25",
+        ]  # fmt: skip
+    )
+    assert manifest["metrics"]["format"] == "ranked" and manifest["metrics"]["eval"]["num_pairs"] == 3 * 3
