@@ -41,13 +41,18 @@ def test_manifests_record_stage_inputs_and_completion(quick_pipeline):
     assert sft["inputs"]["model"] == os.path.join(out, "pretrain")
     assert sft["inputs"]["dataset"]["fingerprint"]
     assert pre["metrics"]["perplexity"] > 1 and "eval_loss" in sft["metrics"]
-    assert pre["configs"]["training"]["max_steps"] == 8
+    assert pre["configs"]["training"]["max_steps"] == 30
     assert "hub_token" not in json.dumps(pre)
 
 
 def test_report_has_every_row_with_intervals_and_samples(quick_pipeline):
     out, report = quick_pipeline
-    assert [r["model"] for r in report["rows"]] == ["base (zero-shot)", "base (3-shot)", "SFT"]
+    assert [r["model"] for r in report["rows"]] == [
+        "base (zero-shot)",
+        "base (3-shot)",
+        "SFT",
+        "SFT best-of-3 (reward model)",
+    ]
     for row in report["rows"]:
         g = row["gold"]
         assert 0 <= g["ci_low"] <= g["mean"] <= g["ci_high"] <= 1 and g["n"] == 24
