@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("hf_rlhf.stages.sft:main", "Stage 2: supervised finetuning on demonstrations (TRL SFTTrainer)."),
     "sample": ("hf_rlhf.comparisons:main", "Write K completions per prompt for ranking (comparison collection)."),
     "reward": ("hf_rlhf.stages.reward:main", "Stage 3: reward modeling on comparisons (TRL RewardTrainer)."),
+    "rl": ("hf_rlhf.stages.rl:main", "Stage 4: RL against the reward model (PPO, or GRPO / RLOO via TRL)."),
     "score": ("hf_rlhf.rewards:main", "Score (prompt, response) rows with a reward model."),
     "generate": (
         "hf_rlhf.evaluation:main",

@@ -76,6 +76,10 @@ class PretrainConfig(TrainingArguments):
     vocab_size: int = field(default=1024, metadata={"help": "Vocabulary size of the trained BPE tokenizer."})
     block_size: int = field(default=128, metadata={"help": "Length of the packed training blocks, in tokens."})
     text_column: str = field(default="text", metadata={"help": "Column that holds the documents."})
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow custom model code shipped with a model (off unless a recipe turns it on)."},
+    )
     logging_steps: float = field(default=10, metadata={"help": "Log every X update steps."})
     save_strategy: str = field(default="no", metadata={"help": "Checkpoint strategy: 'no', 'steps' or 'epoch'."})
 

@@ -60,14 +60,16 @@ def generate(
     seed: int = 0,
     stop_at_newline: bool = False,
     desc: str | None = None,
-) -> list[str]:
+    return_ids: bool = False,
+):
     """Sample one completion per prompt (text prompts, already formatted), cut at EOS.
 
     Args:
         stop_at_newline (`bool`): Cut each completion at its first newline, the usual stop for few-shot prompts.
+        return_ids (`bool`): Also return each completion's sampled token ids (up to and including EOS).
 
     Returns:
-        `list[str]`: The completions, without the prompt and without special tokens.
+        `list[str]`: The completions, without the prompt and without special tokens (and the ids if asked).
     """
     torch.manual_seed(seed)
     random.seed(seed)
@@ -82,20 +84,69 @@ def generate(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    outputs = []
+    outputs, ids_out = [], []
     try:
         for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
             batch = tokenizer(
                 list(prompts[start : start + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False
             ).to(model.device)
-            ids = model.generate(**batch, generation_config=config)
-            completions = tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-            outputs.extend(completions)
+            ids = model.generate(**batch, generation_config=config)[:, batch["input_ids"].shape[1] :]
+            outputs.extend(tokenizer.batch_decode(ids, skip_special_tokens=True))
+            for row in ids.tolist():
+                end = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+                ids_out.append([t for t in row[:end] if t != tokenizer.pad_token_id])
     finally:
         tokenizer.padding_side = padding_side
     if stop_at_newline:
         outputs = [c.lstrip(" ").split("\n", 1)[0] for c in outputs]
-    return [c.strip() for c in outputs]
+    outputs = [c.strip() for c in outputs]
+    return (outputs, ids_out) if return_ids else outputs
+
+
+@torch.no_grad()
+def sequence_kl(
+    policy: PreTrainedModel,
+    ref_model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    completion_ids: Sequence[Sequence[int]],
+    temperature: float = 1.0,
+    batch_size: int = 32,
+) -> list[float]:
+    """Per sequence, sum over the sampled tokens of log p_policy - log p_ref (k1): a Monte Carlo estimate of
+    KL(policy || ref) when the completions were sampled from the policy at this temperature."""
+    from .ppo.core import logprobs_from_logits, position_ids_from_mask
+
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        texts = list(prompts[start : start + batch_size])
+        rows = [
+            tokenizer(t, add_special_tokens=False)["input_ids"] + list(c)
+            for t, c in zip(texts, completion_ids[start : start + batch_size], strict=True)
+        ]
+        starts = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+        positions = position_ids_from_mask(mask)
+        logps = []
+        for model in (policy, ref_model):
+            logits = (
+                model(
+                    input_ids=ids.to(model.device),
+                    attention_mask=mask.to(model.device),
+                    position_ids=positions.to(model.device),
+                )
+                .logits.float()
+                .cpu()
+            )
+            logps.append(logprobs_from_logits(logits[:, :-1] / temperature, ids[:, 1:]))
+        diff = logps[0] - logps[1]
+        for i, (row, s) in enumerate(zip(rows, starts, strict=True)):
+            out.append(float(diff[i, s - 1 : len(row) - 1].sum()))
+    return out
 
 
 def score_rows(

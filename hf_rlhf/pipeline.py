@@ -18,9 +18,9 @@ from typing import Any
 
 from . import comparisons
 from .artifacts import atomic_write_json, is_complete, read_manifest, require_complete
-from .configs import RecipeError, WorldArguments, check_keys, load_yaml_mapping, parse_stage_args, to_cli_args
+from .configs import RecipeError, WorldArguments, check_keys, load_yaml_mapping, to_cli_args
 from .report import EvaluationArguments, build_report, write_report
-from .stages import pretrain, reward, sft
+from .stages import pretrain, reward, rl, sft
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,12 @@ STAGES: dict[str, StageSpec] = {
     "sample": StageSpec(comparisons, model_from="sft", data_from="prompts", wired=(("world_seed", "world_seed"),)),
     "reward": StageSpec(
         reward, model_from="sft", data_from="sample", wired=(("reference_dataset", "demonstrations"),)
+    ),
+    "rl": StageSpec(
+        rl,
+        model_from="sft",
+        data_from="prompts",
+        wired=(("reward_model_path", "reward"), ("world_seed", "world_seed")),
     ),
 }
 
@@ -149,8 +155,7 @@ def run_pipeline(recipe: PipelineRecipe, overwrite: bool = False) -> dict[str, A
             print(f"[hf-rlhf] {name}: already complete in {out_dir}, skipped")
         else:
             print(f"[hf-rlhf] {name}: hf-rlhf {name} {' '.join(argv)}")
-            args = parse_stage_args(module.make_parser(f"hf-rlhf {name}"), argv)
-            module.run(*args)
+            module.main(argv)
             manifest = require_complete(out_dir)
             atomic_write_json(
                 os.path.join(out_dir, "hf_rlhf_manifest.json"), {**manifest, "pipeline_args_hash": digest}

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .artifacts import atomic_write_json, require_complete
-from .evaluation import bootstrap_ci, chat_prompts, generate
+from .evaluation import bootstrap_ci, chat_prompts, generate, sequence_kl
 
 
 @dataclass
@@ -74,10 +74,12 @@ def build_report(
     scorer = RewardModelScorer(stage_dirs["reward"]) if "reward" in stage_dirs else None
     conversations = [[{"role": "user", "content": q}] for q in questions]
 
-    def add_row(name: str, stage: str, completions: list[str], tokenizer) -> None:
+    def add_row(name: str, stage: str, completions: list[str], tokenizer, kl: list[float] | None = None) -> None:
         gold = bootstrap_ci(world.gold_scores(questions, completions), ev.bootstrap_resamples, seed=ev.seed)
         lengths = [len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in completions]
         row = {"model": name, "stage": stage, "gold": gold.as_dict(), "mean_length": sum(lengths) / len(lengths)}
+        if kl is not None:
+            row["kl_to_sft"] = sum(kl) / len(kl)
         if scorer is not None:
             rm = scorer(conversations, completions)
             row["reward_model_score"] = sum(rm) / len(rm)
@@ -113,7 +115,9 @@ def build_report(
     if "sft" in stage_dirs:
         model, tokenizer = load_model_for_inference(stage_dirs["sft"])
         chat = chat_prompts(tokenizer, questions)
-        add_row("SFT", "sft", sample(model, tokenizer, chat, "SFT"), tokenizer)
+        add_row(
+            "SFT", "sft", sample(model, tokenizer, chat, "SFT"), tokenizer, kl=[0.0] if "rl" in stage_dirs else None
+        )
         if scorer is not None and ev.best_of_n > 1:
             n = ev.best_of_n
             flat = sample(model, tokenizer, [c for c in chat for _ in range(n)], f"SFT x{n}", seed=ev.seed + 1)
@@ -123,6 +127,24 @@ def build_report(
             gold = [world.gold_scores([q] * n, c) for q, c in zip(questions, candidates, strict=True)]
             agreement, pairs = gold_agreement(gold, rm_scores)
             report["reward_model"] = {"gold_agreement": agreement, "gold_agreement_pairs": pairs}
+    if "rl" in stage_dirs and "sft" in stage_dirs:
+        policy, tokenizer = load_model_for_inference(stage_dirs["rl"])
+        sft_model, _ = load_model_for_inference(stage_dirs["sft"])
+        chat = chat_prompts(tokenizer, questions)
+        completions, ids = generate(
+            policy,
+            tokenizer,
+            chat,
+            max_new_tokens=ev.max_new_tokens,
+            temperature=ev.temperature,
+            batch_size=ev.batch_size,
+            seed=ev.seed,
+            desc="sampling RL",
+            return_ids=True,
+        )
+        kl = sequence_kl(policy, sft_model, tokenizer, chat, ids, ev.temperature, ev.batch_size)
+        algorithm = require_complete(stage_dirs["rl"])["metrics"].get("algorithm", "ppo").upper()
+        add_row(f"RL ({algorithm})", "rl", completions, tokenizer, kl)
     for i in range(min(ev.num_samples_shown, len(questions))):
         report["samples"].append({"prompt": questions[i], **{name: r[i] for name, r in responses.items()}})
     return report
@@ -143,6 +165,7 @@ def format_report(report: dict[str, Any]) -> str:
     if report["rows"]:
         ev = report["evaluation"]
         has_rm = any("reward_model_score" in r for r in report["rows"])
+        has_kl = any("kl_to_sft" in r for r in report["rows"])
         lines += [
             "",
             f"## Gold labeler on held-out prompts (temperature {ev['temperature']}, 95% bootstrap interval)",
@@ -155,6 +178,8 @@ def format_report(report: dict[str, Any]) -> str:
         for row in report["rows"]:
             g = row["gold"]
             rm = f" {row['reward_model_score']:.3f} |" if has_rm else ""
+            if has_kl:
+                rm += f" {row['kl_to_sft']:.3f} |" if "kl_to_sft" in row else " - |"
             lines.append(
                 f"| {row['model']} | {g['mean']:.3f} | [{g['ci_low']:.3f}, {g['ci_high']:.3f}] | {g['n']} |{rm} "
                 f"{row['mean_length']:.1f} |"

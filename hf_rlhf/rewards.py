@@ -221,3 +221,42 @@ def main(argv: list[str] | None = None) -> list[float]:
         for row in rows:
             print(json.dumps(row))
     return scores
+
+
+# ------------------------------------------------------------------------------------ named reward functions
+def tiny_world_gold(world_seed: int = 0) -> RewardFunction:
+    """The tiny world's gold labeler as a reward function (prompts as text or messages)."""
+    from .data.world import TinyWorld
+
+    world = TinyWorld(world_seed)
+
+    def gold(prompts: list[Any], completions: list[Any]) -> list[float]:
+        questions = [m[-1]["content"] if (m := as_messages(p)) else p for p in prompts]
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return world.gold_scores(questions, texts)
+
+    gold.__name__ = "tiny_world_gold"
+    return gold
+
+
+NAMED_REWARD_FUNCS: dict[str, Callable[..., RewardFunction]] = {"tiny_world_gold": tiny_world_gold}
+
+
+def resolve_reward_func(name: str, world_seed: int = 0) -> RewardFunction:
+    """A reward function by name: one of `NAMED_REWARD_FUNCS`, or `package.module:function` (imported)."""
+    if name in NAMED_REWARD_FUNCS:
+        return NAMED_REWARD_FUNCS[name](world_seed)
+    if ":" not in name:
+        raise ValueError(
+            f"unknown reward function '{name}': use one of {sorted(NAMED_REWARD_FUNCS)} or 'package.module:function'"
+        )
+    import importlib
+
+    module, attr = name.split(":", 1)
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"reward function '{name}' could not be imported: {e}") from e
+    if not callable(fn):
+        raise ValueError(f"reward function '{name}' is not callable")
+    return fn

@@ -20,14 +20,21 @@ def stage_of(path: str) -> str:
     return next(stage for stage in STAGES if name.startswith(stage))
 
 
+def parser_for(stage: str, argv: list[str]):
+    module = STAGES[stage].module
+    if stage == "rl":
+        return module.make_parser(algorithm=module.algorithm_of(argv))
+    return module.make_parser()
+
+
 def test_there_are_recipes():
     assert PIPELINES and STAGE_RECIPES
 
 
 @pytest.mark.parametrize("path", STAGE_RECIPES, ids=lambda p: os.path.relpath(p, RECIPES))
 def test_stage_recipe_parses(path, tmp_path):
-    module = STAGES[stage_of(path)].module
-    parsed = parse_stage_args(module.make_parser(), ["--config", path, "--output_dir", str(tmp_path)])
+    argv = ["--config", path, "--output_dir", str(tmp_path)]
+    parsed = parse_stage_args(parser_for(stage_of(path), argv), argv)
     assert parsed[1].output_dir == str(tmp_path)
 
 
@@ -35,7 +42,8 @@ def test_stage_recipe_parses(path, tmp_path):
 def test_pipeline_recipe_parses_with_every_stage(path, tmp_path):
     recipe = load_pipeline_recipe(path, str(tmp_path))
     outputs = {"documents": "d", "demonstrations": "m", "prompts": "p"}
-    for name, spec in STAGES.items():
+    for name in STAGES:
         if name in recipe.stages:
-            parse_stage_args(spec.module.make_parser(), stage_argv(recipe, name, outputs))
+            argv = stage_argv(recipe, name, outputs)
+            parse_stage_args(parser_for(name, argv), argv)
             outputs[name] = os.path.join(str(tmp_path), name)

@@ -77,14 +77,14 @@ def run(data_args: DataArguments, training_args: PretrainConfig, model_args: Mod
     # Tokenizer: named, from the checkpoint, or trained on the corpus.
     tokenizer_source = training_args.tokenizer_name_or_path or model_args.model_name_or_path
     if tokenizer_source:
-        tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=model_args.trust_remote_code)
+        tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=training_args.trust_remote_code)
     else:
         tokenizer = train_bpe_tokenizer(data["train"][training_args.text_column], training_args.vocab_size)
 
     if training_args.model_type:
         model = model_from_config(training_args.model_type, tokenizer, training_args.model_config_kwargs)
     else:
-        model = load_causal_lm(model_args, tokenizer=tokenizer, trust_remote_code=model_args.trust_remote_code)
+        model = load_causal_lm(model_args, tokenizer=tokenizer, trust_remote_code=training_args.trust_remote_code)
     sync_model_to_tokenizer(model, tokenizer)
 
     with training_args.main_process_first(desc="packing"):

@@ -1,0 +1,228 @@
+"""The pure maths of PPO for language models: masks, log-probabilities, KL, rewards, GAE, whitening, losses.
+
+Shapes: `B` sequences (rollouts), `T` response tokens. `mask` is 1 on a valid response token (up to and including
+the first EOS) and 0 after it. Every function is pure (no module state), so a user who wants another advantage
+estimator or reward shaping passes their own function to the trainer instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+# ----------------------------------------------------------------------------------------------- masked stats
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of `values` where `mask` is 1 (over all elements, or along `dim`)."""
+    mask = mask.to(values.dtype)
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of `values` where `mask` is 1; Bessel-corrected by default (n / (n - 1))."""
+    mean = masked_mean(values, mask)
+    var = masked_mean((values - mean) ** 2, mask)
+    if unbiased:
+        n = mask.sum()
+        if n < 2:
+            return torch.zeros_like(var)
+        var = var * n / (n - 1)
+    return var
+
+
+def masked_whiten(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    mean: torch.Tensor | None = None,
+    var: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Whiten over the valid tokens only: (x - mean) / std, padding stays 0. `shift_mean=False` keeps the mean.
+
+    `mean` and `var` default to the masked statistics of `values`; pass statistics reduced across processes to
+    whiten a batch sharded over several ranks as one.
+    """
+    mean = masked_mean(values, mask) if mean is None else mean
+    var = masked_var(values, mask) if var is None else var
+    whitened = (values - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+# ------------------------------------------------------------------------------------------------ sequences
+def first_true_index(flags: torch.Tensor) -> torch.Tensor:
+    """Index of the first True along the last dim; the length of that dim where there is none. Shape (B,)."""
+    length = flags.shape[-1]
+    positions = torch.arange(length, device=flags.device).expand_as(flags)
+    return torch.where(flags, positions, torch.full_like(positions, length)).min(-1).values
+
+
+def truncate_after_eos(
+    response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cut responses after their first EOS.
+
+    Returns:
+        `(ids, mask, has_eos)`: ids with every token after the first EOS replaced by PAD; the mask of valid tokens
+        (the EOS included); a bool per sequence telling whether it produced an EOS at all.
+    """
+    eos = response_ids == eos_token_id
+    first = first_true_index(eos)
+    positions = torch.arange(response_ids.shape[1], device=response_ids.device)[None]
+    mask = (positions <= first[:, None]).long()
+    return torch.where(mask.bool(), response_ids, pad_token_id), mask, eos.any(-1)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that start at 0 on the first real token, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each token under the logits: (B, T, V), (B, T) -> (B, T)."""
+    return torch.gather(logits.log_softmax(-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of each position's distribution: (B, T, V) -> (B, T)."""
+    logp = logits.log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+# ------------------------------------------------------------------------------------------------ rewards
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str = "k1") -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from sampled tokens.
+
+    `k1` is log p - log q (unbiased, can be negative per token); `k3` is (r - 1) - log r with r = q / p (unbiased,
+    always >= 0, lower variance) [Schulman, "Approximating KL divergence"].
+    """
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}; expected 'k1' or 'k3'")
+
+
+def compute_rewards(
+    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards: -kl_coef * KL on every valid token, plus the sequence score on its last valid token (EOS).
+
+    Returns:
+        `(rewards, non_score_rewards)`, both (B, T) and 0 on padding.
+    """
+    non_score = -kl_coef * kl * mask
+    last = (mask.sum(-1).long() - 1).clamp(min=0)
+    rewards = non_score.clone()
+    rewards[torch.arange(rewards.shape[0], device=rewards.device), last] += scores
+    return rewards * mask, non_score
+
+
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over the valid tokens (the value after the last valid token is 0).
+
+    Returns:
+        `(advantages, returns)`, (B, T); returns = advantages + values.
+    """
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    last_gae = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(last_gae)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last_gae = (delta + gamma * lam * last_gae) * mask[:, t]
+        advantages[:, t] = last_gae
+    return advantages, (advantages + values) * mask
+
+
+# -------------------------------------------------------------------------------------------------- losses
+def policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped surrogate, averaged over valid tokens; with the clip fraction, approx KL and ratio."""
+    log_ratio = logprobs - old_logprobs
+    ratio = log_ratio.exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - cliprange, 1 + cliprange)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    stats = {
+        "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+        "approxkl": 0.5 * masked_mean(log_ratio**2, mask),
+        "ratio": masked_mean(ratio, mask),
+    }
+    return loss, stats
+
+
+def value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped value loss 0.5 * max((v - R)^2, (clip(v) - R)^2) over valid tokens, with its clip fraction."""
+    clipped = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    unclipped_loss, clipped_loss = (values - returns) ** 2, (clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask)
+    return loss, {"vf_clipfrac": masked_mean((clipped_loss > unclipped_loss).float(), mask)}
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var[returns - values] / Var[returns] over valid tokens (1 is perfect, <= 0 is useless)."""
+    var_returns = masked_var(returns, mask)
+    return 1 - masked_var(returns - values, mask) / var_returns.clamp(min=1e-8)
+
+
+# ---------------------------------------------------------------------------------------------- KL control
+class FixedKLController:
+    """A constant KL coefficient."""
+
+    def __init__(self, kl_coef: float):
+        self.value = kl_coef
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
+
+
+class AdaptiveKLController(FixedKLController):
+    """Ziegler et al. (2019): move the coefficient so the KL tracks `target` over `horizon` samples.
+
+    value *= 1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int):
+        super().__init__(init_kl_coef)
+        self.target, self.horizon = target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        error = min(max(current_kl / self.target - 1, -0.2), 0.2)
+        self.value *= 1 + error * n_steps / self.horizon
+
+
+DROPOUT_ATTRIBUTES = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Dropout off everywhere: logprobs of the rollout and of the update must come from the same function.
+
+    Covers `nn.Dropout` modules, and the float rates that attention layers copy from the config at init and apply
+    functionally (e.g. `LlamaAttention.attention_dropout`), in the modules and in the config.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for name in DROPOUT_ATTRIBUTES:
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+    config = getattr(model, "config", None)
+    for name in DROPOUT_ATTRIBUTES:
+        if config is not None and isinstance(getattr(config, name, None), float):
+            setattr(config, name, 0.0)
