@@ -146,3 +146,49 @@ def test_save_total_limit_and_resume_without_checkpoint(tiny, tmp_path):
         trainer.resolve_checkpoint(True)
     trainer.train()
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-2", "checkpoint-3"]
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "grpo", "rloo"])
+def test_rl_stage_runs_each_algorithm(algorithm, quick_pipeline, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from hf_rlhf.artifacts import require_complete
+    from hf_rlhf.stages import rl
+
+    out, _ = quick_pipeline
+    recipe = os.path.join(
+        os.path.dirname(__file__), "..", "recipes", "tiny", "rl.yaml" if algorithm == "ppo" else f"rl_{algorithm}.yaml"
+    )
+    small = (
+        ["--per_device_train_batch_size", "8", "--max_new_tokens", "8"]
+        if algorithm == "ppo"
+        else ["--per_device_train_batch_size", "4", "--num_generations", "4", "--max_completion_length", "8"]
+    )
+    argv = ["--config", recipe, "--model_name_or_path", os.path.join(out, "sft"),
+            "--reward_model_path", os.path.join(out, "reward"), "--dataset_name", os.path.join(out, "data", "prompts"),
+            "--output_dir", str(tmp_path / algorithm), "--max_steps", "2", *small]  # fmt: skip
+    manifest = rl.main(argv)
+    assert manifest["metrics"]["algorithm"] == algorithm and manifest["metrics"]["updates"] == 2
+    require_complete(str(tmp_path / algorithm))
+    assert AutoModelForCausalLM.from_pretrained(str(tmp_path / algorithm)) is not None
+    if algorithm == "ppo":
+        assert os.path.isfile(tmp_path / algorithm / "training_curves.png")
+        assert "final_reward/tiny_world_gold" in manifest["metrics"]
+
+
+def test_rl_stage_bad_reward_settings(quick_pipeline, tmp_path):
+    from hf_rlhf.configs import RecipeError
+    from hf_rlhf.stages import rl
+
+    out, _ = quick_pipeline
+    base = ["--model_name_or_path", os.path.join(out, "sft"), "--dataset_name", os.path.join(out, "data", "prompts"),
+            "--output_dir", str(tmp_path)]  # fmt: skip
+    with pytest.raises(RecipeError, match="needs `reward_model_path` and/or `reward_funcs`"):
+        rl.main(base)
+    with pytest.raises(RecipeError, match="unknown reward function 'nope'"):
+        rl.main(base + ["--reward_funcs", "nope"])
+    with pytest.raises(RecipeError, match="reward_weights has 1 entries for 2 rewards"):
+        rl.main(base + ["--reward_funcs", "tiny_world_gold", "--reward_model_path", os.path.join(out, "reward"),
+                        "--reward_weights", "1.0"])  # fmt: skip
+    with pytest.raises(RecipeError, match="algorithm must be one of"):
+        rl.main(base + ["--algorithm", "dpo"])

@@ -49,6 +49,13 @@ class PPOConfig(TrainingArguments):
     adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef towards target_kl (Ziegler et al.)."})
     target_kl: float = field(default=6.0, metadata={"help": "Target KL per sequence of the adaptive controller."})
     kl_horizon: int = field(default=10000, metadata={"help": "Horizon (samples) of the adaptive controller."})
+    reward_weights: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "One weight per reward: the reward model first (if any), then reward_funcs (as TRL's GRPO). "
+            "A weight of 0 logs that reward without optimising it."
+        },
+    )
     normalize_reward: bool = field(
         default=False, metadata={"help": "Standardise the reward model's score with its reward-stage mean/std."}
     )

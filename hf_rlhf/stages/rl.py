@@ -40,10 +40,6 @@ class RLArguments:
         default=None,
         metadata={"help": "Extra reward functions: 'tiny_world_gold' or 'package.module:function'."},
     )
-    reward_weights: list[float] | None = field(
-        default=None,
-        metadata={"help": "Weights: reward model first (if any), then reward_funcs; 0 logs a function only."},
-    )
     world_seed: int = field(default=0, metadata={"help": "Seed of the tiny world for 'tiny_world_gold'."})
 
 
@@ -69,7 +65,7 @@ def make_parser(prog: str | None = None, algorithm: str = "ppo") -> TrlParser:
     return TrlParser((DataArguments, RLArguments, CONFIGS[algorithm], ModelConfig), prog=prog)
 
 
-def reward_functions(rl_args: RLArguments, tokenizer=None) -> tuple[list, list[str], list[float], dict | None]:
+def reward_functions(rl_args: RLArguments, training_args) -> tuple[list, list[str], list[float], dict | None]:
     """The reward model (as a function) and named reward functions, with names, weights and the RM's stats."""
     funcs, names, stats = [], [], None
     if rl_args.reward_model_path:
@@ -86,7 +82,7 @@ def reward_functions(rl_args: RLArguments, tokenizer=None) -> tuple[list, list[s
         names.append(name.split(":")[-1])
     if not funcs:
         raise RecipeError("rl needs `reward_model_path` and/or `reward_funcs`")
-    weights = list(rl_args.reward_weights) if rl_args.reward_weights else [1.0] * len(funcs)
+    weights = list(training_args.reward_weights) if training_args.reward_weights else [1.0] * len(funcs)
     if len(weights) != len(funcs):
         raise RecipeError(f"reward_weights has {len(weights)} entries for {len(funcs)} rewards ({', '.join(names)})")
     return funcs, names, weights, stats
@@ -165,7 +161,7 @@ def run(data_args: DataArguments, rl_args: RLArguments, training_args, model_arg
         )
     resolve_model_path(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
-    rewards = reward_functions(rl_args, tokenizer)
+    rewards = reward_functions(rl_args, training_args)
     start_stage(training_args.output_dir)
 
     policy = load_causal_lm(model_args, tokenizer=tokenizer, trust_remote_code=training_args.trust_remote_code)
