@@ -13,7 +13,12 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-PIPELINE_TAGS = {"pretrain": "text-generation", "sft": "text-generation", "reward": "text-classification"}
+PIPELINE_TAGS = {
+    "pretrain": "text-generation",
+    "sft": "text-generation",
+    "reward": "text-classification",
+    "rl": "text-generation",
+}
 SHOWN_TRAINING_KEYS = (
     "learning_rate",
     "num_train_epochs",
@@ -50,6 +55,7 @@ def display_name(value: Any) -> Any:
 def render_card(output_dir: str, stage: str, manifest: dict[str, Any]) -> ModelCard:
     """Render the card of a finished stage from its manifest (without writing it)."""
     inputs = {k: display_name(v) for k, v in manifest.get("inputs", {}).items()}
+    inputs.setdefault("model", "-")
     if isinstance(manifest.get("inputs", {}).get("dataset"), dict):
         dataset = dict(manifest["inputs"]["dataset"])
         dataset["name"] = display_name(dataset.get("name"))
