@@ -31,7 +31,7 @@ style: $(STAMP)
 	$(PYTHON) -m ruff format hf_rlhf tests bench
 
 bench: $(STAMP)
-	$(PYTHON) bench/run.py
+	$(PYTHON) bench/run.py $(ARGS)
 
 clean:
 	rm -rf outputs .make .pytest_cache

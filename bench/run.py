@@ -10,7 +10,7 @@ machine's dense float32 matmul throughput, measured first.
 
 Usage:
     python3 bench/run.py            # full: ~6 minutes on 2 CPU cores (also `make bench`)
-    python3 bench/run.py --quick    # ~1 minute smoke version
+    python3 bench/run.py --quick    # ~1.5 minute smoke version
 Results are printed as a table and written to bench/results/latest.json. The exit status is 0 whatever the ratio
 (a benchmark on a shared machine is too noisy to gate on); it is nonzero only if a run crashes.
 """
@@ -36,13 +36,14 @@ WORKER = os.path.join(BENCH_DIR, "worker.py")
 RECIPES = {"pretrain": "recipes/tiny/pretrain.yaml", "sft": "recipes/tiny/sft.yaml"}
 DATASETS = {"pretrain": "documents", "sft": "demonstrations"}
 SIDES = ("hf_rlhf", "plain")
-# Steps of the untimed pretraining run that makes the SFT base model: SFT's cost per step does not depend on how well
-# the base model is trained, so a short run is enough (and still warms the file cache).
+# Steps of the untimed pretraining run that makes the SFT base model when pretraining is not timed (`--stages sft`):
+# SFT's cost per step does not depend on how well the base model is trained, so a short run is enough.
 BASE_STEPS = 10
 STAGES = ("pretrain", "sft")
 
-# Sizes that keep the full benchmark around 6 minutes on 2 CPU cores (12 timed runs plus one setup run), and the
-# quick one around a minute. The world only needs a few epochs' worth of data for the steps taken.
+# Sizes that keep the full benchmark around 5-6 minutes on 2 quiet CPU cores (12 timed runs, each a fresh process
+# that spends ~10 s importing torch, transformers and TRL), and the quick one around a minute and a half. The world
+# holds about an epoch of data for the steps taken: data preparation is part of the timed work, so it stays realistic.
 PRESETS: dict[str, dict[str, int]] = {
     "full": {"repeats": 3, "pretrain_steps": 30, "sft_steps": 30, "num_documents": 2000, "num_demonstrations": 1000},
     "quick": {"repeats": 1, "pretrain_steps": 8, "sft_steps": 8, "num_documents": 500, "num_demonstrations": 300},
@@ -51,7 +52,7 @@ PRESETS: dict[str, dict[str, int]] = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="Smaller settings: a ~1 minute smoke run.")
+    parser.add_argument("--quick", action="store_true", help="Smaller settings: a ~1.5 minute smoke run.")
     parser.add_argument("--repeats", type=int, help="Timed runs per side and stage (full: 3, quick: 1).")
     parser.add_argument("--pretrain_steps", type=int, help="Pretraining max_steps (full: 30, quick: 8).")
     parser.add_argument("--sft_steps", type=int, help="SFT max_steps (full: 30, quick: 8).")
@@ -69,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in PRESETS["quick" if args.quick else "full"].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.stages = [stage for stage in STAGES if stage in args.stages]  # pretraining first: it makes the SFT base
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     return args
@@ -98,6 +100,21 @@ def measure_matmul_flops(seconds: float, size: int) -> float:
     return 2 * size**3 * count / elapsed
 
 
+def cpu_busy_seconds() -> float | None:
+    """CPU seconds spent busy by the whole machine since boot (all cores, from /proc/stat), or None if unavailable.
+
+    The difference over a run, less the run's own CPU time, is what other processes took: the load average cannot
+    tell, since the benchmark's own runs keep it near the thread count.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def machine_info(threads: int) -> dict[str, Any]:
     import torch
     import transformers
@@ -116,16 +133,26 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------- setup
 def prepare(args: argparse.Namespace, work_dir: str, env: dict[str, str]) -> dict[str, str]:
-    """Generate the world and pretrain the base model that the SFT runs start from.
+    """Warm the file cache, generate the world, snapshot the recipes and say where the SFT base model will be.
 
-    The SFT base model is one short hf_rlhf pretraining run (`BASE_STEPS`), untimed; it also warms the
-    file cache (Python modules, shared libraries) before the first timed run, so the first run is not penalised.
+    The SFT runs of both sides start from the same base model: the output of the first timed hf_rlhf pretraining
+    run, or, when pretraining is not timed, of one short untimed hf_rlhf pretraining run made here.
     """
+    log("setup: importing what the runs import (warms the file cache, so the first timed run is not penalised)")
     import datasets
+    import trl  # noqa: F401
+    from transformers import Trainer  # noqa: F401
+    from trl import SFTTrainer  # noqa: F401
 
+    import hf_rlhf.stages.pretrain  # noqa: F401
+    import hf_rlhf.stages.sft  # noqa: F401
     from hf_rlhf.configs import WorldArguments
     from hf_rlhf.data.world import build_world_datasets
 
+    sys.path.insert(0, BENCH_DIR)
+    import plain  # noqa: F401
+
+    log(f"setup: world ({args.num_documents} documents, {args.num_demonstrations} demonstrations) in {work_dir}")
     datasets.disable_progress_bars()
     paths = build_world_datasets(
         WorldArguments(
@@ -135,18 +162,24 @@ def prepare(args: argparse.Namespace, work_dir: str, env: dict[str, str]) -> dic
         )
     )
     inputs = {**paths, "base": os.path.join(work_dir, "base")}
-    log("setup: pretraining the SFT base model (untimed; also warms the file cache)")
-    run_once(
-        args,
-        work_dir,
-        env,
-        "hf_rlhf",
-        "pretrain",
-        inputs,
-        name="setup-base",
-        keep_output_at=inputs["base"],
-        max_steps=min(args.pretrain_steps, BASE_STEPS),
-    )
+    # Both sides read the recipes from one snapshot taken now, so an edit to recipes/ during the benchmark cannot
+    # give the two sides different settings.
+    os.makedirs(os.path.join(work_dir, "recipes"))
+    for stage, recipe in RECIPES.items():
+        inputs[f"{stage}_recipe"] = shutil.copy(os.path.join(REPO_DIR, recipe), os.path.join(work_dir, "recipes"))
+    if "pretrain" not in args.stages:
+        log("setup: pretraining the SFT base model (untimed)")
+        run_once(
+            args,
+            work_dir,
+            env,
+            "hf_rlhf",
+            "pretrain",
+            inputs,
+            name="setup-base",
+            keep_output_at=inputs["base"],
+            max_steps=min(args.pretrain_steps, BASE_STEPS),
+        )
     return inputs
 
 
@@ -178,7 +211,7 @@ def run_once(
         "--stage",
         stage,
         "--recipe",
-        RECIPES[stage],
+        inputs[f"{stage}_recipe"],
         "--dataset",
         dataset,
         "--output_dir",
@@ -192,12 +225,14 @@ def run_once(
         command += ["--model", inputs["base"]]
     log_path = os.path.join(run_dir, "log.txt")
     load_before = os.getloadavg()[0]
+    busy_before = cpu_busy_seconds()
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     with open(log_path, "w") as log_file:
         returncode = subprocess.call(command, cwd=REPO_DIR, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     process_s = time.perf_counter() - start
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy_after = cpu_busy_seconds()
     if returncode != 0:
         with open(log_path) as f:
             tail = f.read()[-4000:]
@@ -207,7 +242,13 @@ def run_once(
     # CPU time of the process (user + system, all threads): less sensitive than wall time to other processes
     # taking cores away, so it helps to read a noisy wall-time ratio on a shared machine.
     process_cpu_s = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-    result.update(process_s=process_s, process_cpu_s=process_cpu_s, load_average_before=load_before)
+    # Cores that other processes kept busy, on average, while this run ran: the measure of how fair the run was.
+    other_cores = None
+    if busy_before is not None and busy_after is not None:
+        other_cores = max(0.0, (busy_after - busy_before - process_cpu_s) / process_s)
+    result.update(
+        process_s=process_s, process_cpu_s=process_cpu_s, load_average_before=load_before, other_cores=other_cores
+    )
     if not args.keep:
         shutil.rmtree(run_dir)
     return result
@@ -251,12 +292,16 @@ def summarize(runs: list[dict[str, Any]], matmul_flops: float) -> dict[str, Any]
 def compare(summary: dict[str, Any], runs: list[dict[str, Any]], target: float) -> dict[str, Any]:
     """Ratios hf_rlhf / plain of the median times, the verdicts, and checks that both sides did the same work."""
     ratios: dict[str, Any] = {}
-    totals = {side: {"stage_s": 0.0, "train_s": 0.0, "process_s": 0.0, "process_cpu_s": 0.0} for side in SIDES}
+    totals = {
+        side: dict.fromkeys(("stage_s", "stage_s_min", "train_s", "process_s", "process_cpu_s"), 0.0) for side in SIDES
+    }
     for stage, sides in summary.items():
         if set(sides) != set(SIDES):
             continue
         hf, plain = sides["hf_rlhf"], sides["plain"]
-        ratios[stage] = {key: hf[key] / plain[key] for key in ("stage_s", "train_s", "process_s", "process_cpu_s")}
+        ratios[stage] = {
+            key: hf[key] / plain[key] for key in ("stage_s", "stage_s_min", "train_s", "process_s", "process_cpu_s")
+        }
         for side in SIDES:
             for key in totals[side]:
                 totals[side][key] += sides[side][key]
@@ -278,6 +323,27 @@ def compare(summary: dict[str, Any], runs: list[dict[str, Any]], target: float) 
     return ratios
 
 
+def format_cores(cores: float | None) -> str:
+    return "unknown" if cores is None else f"{cores:.2f} cores"
+
+
+def noise_warning(flops_start: float, flops_end: float, runs: list[dict[str, Any]]) -> str:
+    """A sentence saying why the timings cannot be trusted (other processes were busy), or "" if they look clean."""
+    reasons = []
+    busiest = max((r["other_cores"] or 0.0) for r in runs)
+    if busiest > 0.25:  # a quarter of a core taken from a 2-core run already moves wall times by several percent
+        reasons.append(f"they kept up to {busiest:.2f} cores busy during a run")
+    if abs(flops_start - flops_end) > 0.15 * max(flops_start, flops_end):
+        reasons.append(f"matmul throughput moved from {flops_start / 1e9:.1f} to {flops_end / 1e9:.1f} GFLOP/s")
+    if not reasons:
+        return ""
+    return (
+        "other processes were using the CPU (" + "; ".join(reasons) + "), so the wall times are noisy; "
+        "rerun on a quiet machine, or with --threads 1 (far less hurt by a busy core) and more --repeats, before "
+        "reading anything into the ratios."
+    )
+
+
 def format_table(result: dict[str, Any]) -> str:
     cfg, summary, ratios = result["config"], result["summary"], result["ratios"]
     lines = [
@@ -287,8 +353,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"{result['machine']['torch_threads']} torch thread(s)",
         f"measured float32 matmul ({cfg['matmul_size']}x{cfg['matmul_size']}): "
         f"{result['machine']['matmul_gflops']:.1f} GFLOP/s at start, "
-        f"{result['machine']['matmul_gflops_end']:.1f} at end; "
-        f"load average at start {result['machine']['load_average_start']:.2f}",
+        f"{result['machine']['matmul_gflops_end']:.1f} at end ('of matmul' uses the higher); "
+        f"load average at start {result['machine']['load_average_start']:.2f}; other processes used up to "
+        f"{result['machine']['other_cores_max']:.2f} cores during a run",
         "",
         f"{'stage':<9} {'side':<8} {'stage wall s (min-max)':>24} {'train loop s':>13} {'process s':>10} "
         f"{'tokens':>8} {'tok/s loop':>11} {'tok/s stage':>12} {'of matmul':>10} {'train loss':>11}",
@@ -304,7 +371,8 @@ def format_table(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"ratios hf_rlhf / plain of the median wall times (target: stage wall <= {cfg['target']:.2f})",
-        f"{'stage':<9} {'stage wall':>10} {'train loop':>10} {'process':>8} {'proc CPU':>8}  verdict  same work?",
+        f"{'stage':<9} {'stage wall':>10} {'min wall':>8} {'train loop':>10} {'process':>8} {'proc CPU':>8}  verdict  "
+        "same work?",
     ]
     for stage, r in ratios.items():
         if stage == "total":
@@ -320,14 +388,17 @@ def format_table(result: dict[str, Any]) -> str:
             same = "; ".join(problems) or "yes (same args, tokens and train loss)"
         verdict = "PASS" if r["pass"] else "FAIL"
         lines.append(
-            f"{stage:<9} {r['stage_s']:>10.3f} {r['train_s']:>10.3f} {r['process_s']:>8.3f} "
+            f"{stage:<9} {r['stage_s']:>10.3f} {r['stage_s_min']:>8.3f} {r['train_s']:>10.3f} {r['process_s']:>8.3f} "
             f"{r['process_cpu_s']:>8.3f}  {verdict:<7}  {same}"
         )
     lines += [
         "",
         "stage wall: the whole stage call (data, model, train, eval, save); train loop: Trainer.train only; "
-        "process: the fresh process including interpreter start and imports; proc CPU: its user + system CPU time.",
+        "min wall: the fastest run of each side (others' load only ever adds time); process: the fresh process "
+        "including interpreter start and imports; proc CPU: its user + system CPU time.",
     ]
+    if result["noisy"]:
+        lines += ["", f"WARNING: {result['noisy']}"]
     return "\n".join(lines)
 
 
@@ -361,36 +432,52 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = tempfile.mkdtemp(prefix="hf_rlhf_bench_") if own_work_dir else os.path.abspath(args.work_dir)
     os.makedirs(work_dir, exist_ok=True)
     try:
-        log(f"setup in {work_dir}: world ({args.num_documents} documents, {args.num_demonstrations} demonstrations)")
         inputs = prepare(args, work_dir, env)
         runs = []
         for repeat in range(args.repeats):
             for stage in args.stages:
                 for side in SIDES:  # alternate: hf_rlhf, plain, hf_rlhf, plain, ...
-                    result = run_once(args, work_dir, env, side, stage, inputs, name=f"{stage}-{side}-{repeat}")
+                    # The first hf_rlhf pretraining output is kept as the base model of every SFT run.
+                    is_base = stage == "pretrain" and side == "hf_rlhf" and repeat == 0
+                    result = run_once(
+                        args,
+                        work_dir,
+                        env,
+                        side,
+                        stage,
+                        inputs,
+                        name=f"{stage}-{side}-{repeat}",
+                        keep_output_at=inputs["base"] if is_base else None,
+                    )
                     runs.append(result)
                     log(
                         f"{stage:<8} {side:<7} repeat {repeat + 1}/{args.repeats}: stage {result['stage_s']:.2f} s, "
                         f"train loop {result['train_s']:.2f} s, process {result['process_s']:.2f} s "
-                        f"(load average before {result['load_average_before']:.2f})"
+                        f"(other processes: {format_cores(result['other_cores'])})"
                     )
         matmul_flops_end = measure_matmul_flops(args.matmul_seconds, args.matmul_size)
     finally:
         if own_work_dir and not args.keep:
             shutil.rmtree(work_dir, ignore_errors=True)
 
-    summary = summarize(runs, matmul_flops)
+    # The machine's throughput is the better of the two measurements: a lower one means other processes were using
+    # the cores at that moment, and dividing by it would overstate how much of the machine training uses.
+    peak_flops = max(matmul_flops, matmul_flops_end)
+    summary = summarize(runs, peak_flops)
     result = {
         "config": {k: v for k, v in vars(args).items() if k not in ("output", "work_dir")},
         "machine": {
             **machine_info(threads),
             "matmul_gflops": matmul_flops / 1e9,
             "matmul_gflops_end": matmul_flops_end / 1e9,
+            "matmul_gflops_used": peak_flops / 1e9,
             "load_average_start": load_start,
             "load_average_end": os.getloadavg()[0],
+            "other_cores_max": max((r["other_cores"] or 0.0) for r in runs),
         },
         "summary": summary,
         "ratios": compare(summary, runs, args.target),
+        "noisy": noise_warning(matmul_flops, matmul_flops_end, runs),
         "runs": [{k: v for k, v in r.items() if k != "args"} for r in runs],
         "resolved_args": {f"{r['stage']}/{r['side']}": r["args"] for r in runs},
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
