@@ -32,6 +32,7 @@ style: $(STAMP)
 
 bench: $(STAMP)
 	$(PYTHON) bench/run.py $(ARGS)
+	$(PYTHON) bench/ppo/run.py $(ARGS)
 
 clean:
 	rm -rf outputs .make .pytest_cache

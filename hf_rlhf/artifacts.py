@@ -120,3 +120,37 @@ def require_complete(stage_dir: str) -> dict[str, Any]:
             f"'{stage_dir}' is not a finished stage output (no complete {MANIFEST}); rerun that stage first"
         )
     return manifest
+
+
+def save_trainer_stage(
+    trainer,
+    tokenizer,
+    stage: str,
+    *,
+    data_args,
+    training_args,
+    model_args,
+    train_dataset,
+    metrics: dict[str, Any],
+    inputs: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Save a transformers/TRL trainer's model and the tokenizer, then (main process) the card and manifest."""
+    from .data.formats import dataset_fingerprint
+
+    trainer.save_model(training_args.output_dir)
+    tokenizer.save_pretrained(training_args.output_dir)
+    if not trainer.is_world_process_zero():
+        return {}
+    return finish_stage(
+        training_args.output_dir,
+        stage,
+        configs={"data": data_args, "training": training_args, "model": model_args},
+        inputs={
+            "model": model_args.model_name_or_path,
+            "dataset": {"name": data_args.dataset_name, "fingerprint": dataset_fingerprint(train_dataset)},
+            **(inputs or {}),
+        },
+        metrics=metrics,
+        extra=extra,
+    )

@@ -86,7 +86,7 @@ def build_report(
         report["rows"].append(row)
         responses[name] = completions
 
-    def sample(model, tokenizer, prompts, name, cut=False, seed=ev.seed) -> list[str]:
+    def sample(model, tokenizer, prompts, name, cut=False, seed=ev.seed, return_ids=False):
         return generate(
             model,
             tokenizer,
@@ -97,6 +97,7 @@ def build_report(
             seed=seed,
             stop_at_newline=cut,
             desc=f"sampling {name}",
+            return_ids=return_ids,
         )
 
     responses: dict[str, list[str]] = {}
@@ -131,17 +132,7 @@ def build_report(
         policy, tokenizer = load_model_for_inference(stage_dirs["rl"])
         sft_model, _ = load_model_for_inference(stage_dirs["sft"])
         chat = chat_prompts(tokenizer, questions)
-        completions, ids = generate(
-            policy,
-            tokenizer,
-            chat,
-            max_new_tokens=ev.max_new_tokens,
-            temperature=ev.temperature,
-            batch_size=ev.batch_size,
-            seed=ev.seed,
-            desc="sampling RL",
-            return_ids=True,
-        )
+        completions, ids = sample(policy, tokenizer, chat, "RL", return_ids=True)
         kl = sequence_kl(policy, sft_model, tokenizer, chat, ids, ev.temperature, ev.batch_size)
         algorithm = require_complete(stage_dirs["rl"])["metrics"].get("algorithm", "ppo").upper()
         add_row(f"RL ({algorithm})", "rl", completions, tokenizer, kl)

@@ -33,7 +33,8 @@ def encode_for_reward(tokenizer: PreTrainedTokenizerBase, prompt: Any, completio
     """Token ids of a (prompt, completion) as the reward model reads them; the reward is read at the last one.
 
     Conversational prompts (lists of messages) go through the chat template with the completion as the assistant's
-    turn; plain text is `prompt + completion + EOS`, as TRL's `RewardTrainer` does.
+    turn, whitespace after the final EOS removed so that the last token is the EOS; plain text is
+    `prompt + completion + EOS`, as TRL's `RewardTrainer` does.
     """
     messages = as_messages(prompt)
     if messages is not None or isinstance(completion, list):
@@ -41,6 +42,9 @@ def encode_for_reward(tokenizer: PreTrainedTokenizerBase, prompt: Any, completio
         text = tokenizer.apply_chat_template(
             (messages or [{"role": "user", "content": prompt}]) + reply, tokenize=False
         )
+        # Templates end a turn with EOS then a newline; read the reward at the EOS, where PPO places the score.
+        if tokenizer.eos_token and text.rstrip().endswith(tokenizer.eos_token):
+            text = text.rstrip()
     else:
         text = prompt + completion
         if not text.endswith(tokenizer.eos_token):

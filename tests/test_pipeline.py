@@ -1,6 +1,7 @@
 """The quick preset of the tiny pipeline end to end: pretrain then SFT, the manifests, the report, reuse."""
 
 import json
+import math
 import os
 
 import torch
@@ -52,7 +53,10 @@ def test_report_has_every_row_with_intervals_and_samples(quick_pipeline):
         "base (3-shot)",
         "SFT",
         "SFT best-of-3 (reward model)",
+        "RL (PPO)",
     ]
+    rl_row = report["rows"][-1]
+    assert math.isfinite(rl_row["kl_to_sft"]) and report["rows"][2]["kl_to_sft"] == 0.0
     for row in report["rows"]:
         g = row["gold"]
         assert 0 <= g["ci_low"] <= g["mean"] <= g["ci_high"] <= 1 and g["n"] == 24

@@ -193,7 +193,7 @@ def test_quality_report_accuracy_distance_and_symmetric_calibration():
 def test_quick_pipeline_through_the_reward_stage(quick_pipeline):
     out, report = quick_pipeline
     names = [r["model"] for r in report["rows"]]
-    assert names[-1] == "SFT best-of-3 (reward model)"
+    assert names[-2] == "SFT best-of-3 (reward model)" and names[-1] == "RL (PPO)"
     assert all("reward_model_score" in r for r in report["rows"])
     manifest = json.load(open(os.path.join(out, "reward", "hf_rlhf_manifest.json")))
     centring = manifest["metrics"]["reward_centring"]
@@ -237,3 +237,12 @@ def test_hand_ranked_jsonl_round_trip(quick_pipeline, tmp_path):
         ]  # fmt: skip
     )
     assert manifest["metrics"]["format"] == "ranked" and manifest["metrics"]["eval"]["num_pairs"] == 3 * 3
+
+
+def test_reward_is_read_at_the_eos_token(world_tokenizer):
+    from hf_rlhf.rewards import encode_for_reward
+
+    conversational = encode_for_reward(world_tokenizer, [{"role": "user", "content": "What color is the fox?"}], "red")
+    plain = encode_for_reward(world_tokenizer, "What color is the fox? ", "red")
+    assert conversational[-1] == plain[-1] == world_tokenizer.eos_token_id
+    assert world_tokenizer.convert_tokens_to_ids("<|assistant|>") in conversational

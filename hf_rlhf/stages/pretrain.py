@@ -14,9 +14,9 @@ from itertools import chain
 from transformers import Trainer, default_data_collator, set_seed
 from trl import ModelConfig, TrlParser
 
-from ..artifacts import finish_stage, start_stage
+from ..artifacts import save_trainer_stage, start_stage
 from ..configs import DataArguments, PretrainConfig, RecipeError, parse_stage_args
-from ..data.formats import check_text_dataset, dataset_fingerprint, load_stage_dataset
+from ..data.formats import check_text_dataset, load_stage_dataset
 from ..modeling import load_causal_lm, load_tokenizer, model_from_config, resolve_model_path, sync_model_to_tokenizer
 from ..tokenizer import train_bpe_tokenizer
 
@@ -116,20 +116,19 @@ def run(data_args: DataArguments, training_args: PretrainConfig, model_args: Mod
     metrics["num_parameters"] = model.num_parameters()
     metrics.update(dropped)
 
-    trainer.save_model(training_args.output_dir)
-    tokenizer.save_pretrained(training_args.output_dir)
-    if not trainer.is_world_process_zero():
-        return {}
-    return finish_stage(
-        training_args.output_dir,
+    return save_trainer_stage(
+        trainer,
+        tokenizer,
         "pretrain",
-        configs={"data": data_args, "training": training_args, "model": model_args},
+        data_args=data_args,
+        training_args=training_args,
+        model_args=model_args,
+        train_dataset=data["train"],
+        metrics=metrics,
         inputs={
             "model": model_args.model_name_or_path or f"from scratch ({training_args.model_type})",
             "tokenizer": tokenizer_source or "trained byte-level BPE",
-            "dataset": {"name": data_args.dataset_name, "fingerprint": dataset_fingerprint(data["train"])},
         },
-        metrics=metrics,
     )
 
 

@@ -19,9 +19,9 @@ from datasets import Dataset
 from transformers import set_seed
 from trl import ModelConfig, RewardConfig, TrlParser, get_peft_config
 
-from ..artifacts import finish_stage, start_stage
+from ..artifacts import save_trainer_stage, start_stage
 from ..configs import DataArguments, RecipeError, parse_stage_args
-from ..data.formats import DataValidationError, dataset_fingerprint, load_stage_dataset
+from ..data.formats import DataValidationError, load_stage_dataset
 from ..data.preference import to_groups
 from ..modeling import load_tokenizer, resolve_model_path, torch_dtype
 from ..reward_trainer import GroupedPreferenceCollator, GroupedRewardTrainer, plot_calibration, quality_report
@@ -171,18 +171,14 @@ def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: 
             os.makedirs(training_args.output_dir, exist_ok=True)
             plot_calibration(quality["calibration"], os.path.join(training_args.output_dir, "calibration.png"))
 
-    trainer.save_model(training_args.output_dir)
-    tokenizer.save_pretrained(training_args.output_dir)
-    if not trainer.is_world_process_zero():
-        return {}
-    return finish_stage(
-        training_args.output_dir,
+    return save_trainer_stage(
+        trainer,
+        tokenizer,
         "reward",
-        configs={"data": data_args, "training": training_args, "model": model_args},
-        inputs={
-            "model": model_args.model_name_or_path,
-            "dataset": {"name": data_args.dataset_name, "fingerprint": dataset_fingerprint(data["train"])},
-        },
+        data_args=data_args,
+        training_args=training_args,
+        model_args=model_args,
+        train_dataset=data["train"],
         metrics=metrics,
         extra={"model_kind": "reward model (AutoModelForSequenceClassification, num_labels=1); not a chat model"},
     )

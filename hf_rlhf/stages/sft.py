@@ -14,9 +14,9 @@ import math
 from transformers import set_seed
 from trl import ModelConfig, SFTTrainer, TrlParser, get_peft_config
 
-from ..artifacts import finish_stage, start_stage
+from ..artifacts import save_trainer_stage, start_stage
 from ..configs import DataArguments, RecipeError, SFTStageConfig, parse_stage_args
-from ..data.formats import check_sft_dataset, dataset_fingerprint, is_conversational_dataset, load_stage_dataset
+from ..data.formats import check_sft_dataset, is_conversational_dataset, load_stage_dataset
 from ..modeling import load_causal_lm, load_tokenizer, resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -70,18 +70,14 @@ def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: Mod
         eval_loss = trainer.evaluate()["eval_loss"]
         metrics.update(eval_loss=eval_loss, perplexity=math.exp(min(eval_loss, 50)))
 
-    trainer.save_model(training_args.output_dir)
-    tokenizer.save_pretrained(training_args.output_dir)
-    if not trainer.is_world_process_zero():
-        return {}
-    return finish_stage(
-        training_args.output_dir,
+    return save_trainer_stage(
+        trainer,
+        tokenizer,
         "sft",
-        configs={"data": data_args, "training": training_args, "model": model_args},
-        inputs={
-            "model": model_args.model_name_or_path,
-            "dataset": {"name": data_args.dataset_name, "fingerprint": dataset_fingerprint(data["train"])},
-        },
+        data_args=data_args,
+        training_args=training_args,
+        model_args=model_args,
+        train_dataset=data["train"],
         metrics=metrics,
     )
 
