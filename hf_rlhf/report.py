@@ -163,8 +163,9 @@ def format_report(report: dict[str, Any]) -> str:
             "",
             "| model | gold score | 95% interval | n |"
             + (" reward model score |" if has_rm else "")
+            + (" KL to SFT |" if has_kl else "")
             + " mean length |",
-            "|---|---|---|---|" + ("---|" if has_rm else "") + "---|",
+            "|---|---|---|---|" + ("---|" if has_rm else "") + ("---|" if has_kl else "") + "---|",
         ]
         for row in report["rows"]:
             g = row["gold"]

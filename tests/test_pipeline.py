@@ -88,3 +88,16 @@ def test_rerun_skips_finished_stages_and_reruns_unfinished(quick_pipeline, capsy
     assert "pretrain: already complete" in printed and "[hf-rlhf] sft: hf-rlhf sft" in printed
     assert os.path.getmtime(os.path.join(out, "pretrain", "model.safetensors")) == mtime
     require_complete(os.path.join(out, "sft"))
+
+
+def test_report_table_rows_have_as_many_cells_as_the_header(quick_pipeline):
+    out, _ = quick_pipeline
+    lines = open(os.path.join(out, "report.md")).read().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| model | gold score"))
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    assert "KL to SFT" in table[0] and "reward model score" in table[0]
+    assert {line.count("|") for line in table} == {table[0].count("|")}
