@@ -17,7 +17,7 @@ from datasets import Dataset, DatasetDict
 
 from .artifacts import finish_stage, start_stage
 from .configs import DataArguments
-from .evaluation import generate
+from .evaluation import format_prompts, generate
 from .rewards import as_messages
 
 LABELERS = ("none", "tiny_world")
@@ -54,12 +54,7 @@ def sample_completions(
     model, tokenizer, prompts: list[Any], args: SampleArguments, desc: str = "sampling comparisons"
 ) -> list[list[str]]:
     """K completions per prompt; conversational prompts get the chat template."""
-    formatted = [
-        tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
-        if (m := as_messages(p)) is not None
-        else p
-        for p in prompts
-    ]
+    formatted = format_prompts(tokenizer, prompts)
     repeated = [f for f in formatted for _ in range(args.num_completions)]
     flat = generate(
         model,

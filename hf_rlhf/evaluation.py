@@ -42,9 +42,15 @@ def bootstrap_ci(values: Sequence[float], num_resamples: int = 2000, level: floa
 
 def chat_prompts(tokenizer: PreTrainedTokenizerBase, questions: Sequence[str]) -> list[str]:
     """Format user questions with the tokenizer's chat template, ready for the assistant's answer."""
+    return format_prompts(tokenizer, [[{"role": "user", "content": q}] for q in questions])
+
+
+def format_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence) -> list[str]:
+    """Prompts as generation-ready text: conversations (lists of messages) through the chat template with the
+    assistant's turn opened; plain-text prompts unchanged (TRL's prompt-only format, both flavours)."""
     return [
-        tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
-        for q in questions
+        tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if isinstance(p, list) else p
+        for p in prompts
     ]
 
 

@@ -33,7 +33,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
-from ..rewards import RewardFunction, as_messages
+from ..evaluation import format_prompts
+from ..rewards import RewardFunction
 from . import core
 from .config import PPOConfig
 
@@ -202,14 +203,6 @@ class PPOTrainer:
             mine = chunk[rank * self.args.rollout_batch_size : (rank + 1) * self.args.rollout_batch_size]
             yield [self.train_dataset[i]["prompt"] for i in mine]
 
-    def format_prompts(self, prompts: list[Any]) -> list[str]:
-        return [
-            self.tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
-            if (m := as_messages(p)) is not None
-            else p
-            for p in prompts
-        ]
-
     # ------------------------------------------------------------------------------------------ rollout
     def forward(self, model: nn.Module, query_ids, query_mask, response_ids, response_mask):
         """The training forward pass: (logits / temperature, values) for the response tokens."""
@@ -239,7 +232,7 @@ class PPOTrainer:
         tok, device = self.tokenizer, self.accelerator.device
         side, tok.padding_side = tok.padding_side, "left"
         try:
-            enc = tok(self.format_prompts(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tok(format_prompts(tok, prompts), return_tensors="pt", padding=True, add_special_tokens=False)
         finally:
             tok.padding_side = side
         query_ids, query_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
