@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from . import comparisons
-from .artifacts import atomic_write_json, is_complete, read_manifest, require_complete
+from .artifacts import MANIFEST, atomic_write_json, is_complete, read_manifest, require_complete
 from .configs import RecipeError, WorldArguments, check_keys, load_yaml_mapping, to_cli_args
 from .report import EvaluationArguments, build_report, write_report
 from .stages import pretrain, reward, rl, sft
@@ -114,12 +114,14 @@ def stage_argv(recipe: PipelineRecipe, name: str, outputs: dict[str, str]) -> li
     return argv + to_cli_args(wired) + to_cli_args(stage.get("overrides") or {})
 
 
-def _args_hash(argv: list[str]) -> str:
-    payload = list(argv)
-    if "--config" in payload:
-        with open(payload[payload.index("--config") + 1]) as f:
+def _args_hash(argv: list[str], upstream: list[Any]) -> str:
+    """What a stage's output depends on: its arguments, its recipe file's text, and the runs of its inputs (the
+    world's settings and the finish time of each upstream stage it reads), so a rerun upstream reruns it too."""
+    payload = [*argv, *upstream]
+    if "--config" in argv:
+        with open(argv[argv.index("--config") + 1]) as f:
             payload.append(f.read())
-    return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()[:16]
 
 
 def run_pipeline(recipe: PipelineRecipe, overwrite: bool = False) -> dict[str, Any]:
@@ -148,7 +150,9 @@ def run_pipeline(recipe: PipelineRecipe, overwrite: bool = False) -> dict[str, A
         module = spec.module
         argv = stage_argv(recipe, name, {**data, **stage_dirs})
         out_dir = os.path.join(recipe.output_dir, name)
-        digest = _args_hash(argv)
+        upstream = [asdict(recipe.world) if recipe.world is not None else None]
+        upstream += [read_manifest(d).get("finished_at") for d in stage_dirs.values() if d in argv]
+        digest = _args_hash(argv, upstream)
         manifest = read_manifest(out_dir)
         if not overwrite and is_complete(out_dir) and manifest.get("pipeline_args_hash") == digest:
             logger.warning("stage '%s' is already complete in %s; skipping", name, out_dir)
@@ -157,9 +161,7 @@ def run_pipeline(recipe: PipelineRecipe, overwrite: bool = False) -> dict[str, A
             print(f"[hf-rlhf] {name}: hf-rlhf {name} {' '.join(argv)}")
             module.main(argv)
             manifest = require_complete(out_dir)
-            atomic_write_json(
-                os.path.join(out_dir, "hf_rlhf_manifest.json"), {**manifest, "pipeline_args_hash": digest}
-            )
+            atomic_write_json(os.path.join(out_dir, MANIFEST), {**manifest, "pipeline_args_hash": digest})
         stage_dirs[name] = out_dir
 
     world_seed = recipe.world.seed if recipe.world is not None else None

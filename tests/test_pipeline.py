@@ -88,6 +88,13 @@ def test_rerun_skips_finished_stages_and_reruns_unfinished(quick_pipeline, capsy
     assert "pretrain: already complete" in printed and "[hf-rlhf] sft: hf-rlhf sft" in printed
     assert os.path.getmtime(os.path.join(out, "pretrain", "model.safetensors")) == mtime
     require_complete(os.path.join(out, "sft"))
+    # SFT was rerun, so every stage that reads the SFT model was rerun after it, with the new SFT model
+    for stage in ("sample", "reward", "rl"):
+        assert f"[hf-rlhf] {stage}: hf-rlhf {stage}" in printed, stage
+    run_pipeline(recipe)
+    assert printed.count("already complete") >= 1
+    again = capsys.readouterr().out
+    assert all(f"{stage}: already complete" in again for stage in ("pretrain", "sft", "sample", "reward", "rl"))
 
 
 def test_report_table_rows_have_as_many_cells_as_the_header(quick_pipeline):
