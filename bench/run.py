@@ -30,6 +30,8 @@ import tempfile
 import time
 from typing import Any
 
+from machine import cpu_busy_seconds  # bench/ is this script's folder, so on sys.path
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
 WORKER = os.path.join(BENCH_DIR, "worker.py")
@@ -98,21 +100,6 @@ def measure_matmul_flops(seconds: float, size: int) -> float:
         torch.mm(a, b, out=out)
         count += 1
     return 2 * size**3 * count / elapsed
-
-
-def cpu_busy_seconds() -> float | None:
-    """CPU seconds spent busy by the whole machine since boot (all cores, from /proc/stat), or None if unavailable.
-
-    The difference over a run, less the run's own CPU time, is what other processes took: the load average cannot
-    tell, since the benchmark's own runs keep it near the thread count.
-    """
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_info(threads: int) -> dict[str, Any]:

@@ -35,6 +35,9 @@ import tempfile
 import time
 from typing import Any
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # bench/, for machine.py
+from machine import cpu_busy_seconds  # noqa: E402
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(os.path.dirname(BENCH_DIR))
 VENV_DIR = os.path.join(BENCH_DIR, ".venv")
@@ -98,21 +101,6 @@ def venv_trl_version() -> str | None:
         text=True,
     )
     return out.stdout.strip() if out.returncode == 0 else None
-
-
-def cpu_busy_seconds() -> float | None:
-    """CPU seconds the whole machine spent busy since boot (from /proc/stat), or None where unavailable.
-
-    Over a run, this minus the run's own CPU time is what other processes took: on a shared 2-core machine that is
-    what makes a wall-time comparison unfair, and the load average cannot separate it from our own run.
-    """
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def worker_env(threads: int) -> dict[str, str]:
