@@ -126,11 +126,9 @@ def sequence_kl(
     out = []
     for start in range(0, len(prompts), batch_size):
         texts = list(prompts[start : start + batch_size])
-        rows = [
-            tokenizer(t, add_special_tokens=False)["input_ids"] + list(c)
-            for t, c in zip(texts, completion_ids[start : start + batch_size], strict=True)
-        ]
-        starts = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+        prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        rows = [p + list(c) for p, c in zip(prompt_ids, completion_ids[start : start + batch_size], strict=True)]
+        starts = [len(p) for p in prompt_ids]
         width = max(map(len, rows))
         ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)

@@ -114,14 +114,18 @@ def build_report(
         name = f"base ({ev.few_shot_examples}-shot)"
         add_row(name, "pretrain", sample(model, tokenizer, few_shot, name, cut=True), tokenizer)
     if "sft" in stage_dirs:
-        model, tokenizer = load_model_for_inference(stage_dirs["sft"])
+        sft_model, tokenizer = load_model_for_inference(stage_dirs["sft"])
         chat = chat_prompts(tokenizer, questions)
         add_row(
-            "SFT", "sft", sample(model, tokenizer, chat, "SFT"), tokenizer, kl=[0.0] if "rl" in stage_dirs else None
+            "SFT",
+            "sft",
+            sample(sft_model, tokenizer, chat, "SFT"),
+            tokenizer,
+            kl=[0.0] if "rl" in stage_dirs else None,
         )
         if scorer is not None and ev.best_of_n > 1:
             n = ev.best_of_n
-            flat = sample(model, tokenizer, [c for c in chat for _ in range(n)], f"SFT x{n}", seed=ev.seed + 1)
+            flat = sample(sft_model, tokenizer, [c for c in chat for _ in range(n)], f"SFT x{n}", seed=ev.seed + 1)
             candidates = [flat[i * n : (i + 1) * n] for i in range(len(questions))]
             best, rm_scores = best_of_n(conversations, candidates, scorer)
             add_row(f"SFT best-of-{n} (reward model)", "reward", best, tokenizer)
@@ -129,8 +133,7 @@ def build_report(
             agreement, pairs = gold_agreement(gold, rm_scores)
             report["reward_model"] = {"gold_agreement": agreement, "gold_agreement_pairs": pairs}
     if "rl" in stage_dirs and "sft" in stage_dirs:
-        policy, tokenizer = load_model_for_inference(stage_dirs["rl"])
-        sft_model, _ = load_model_for_inference(stage_dirs["sft"])
+        policy, tokenizer = load_model_for_inference(stage_dirs["rl"])  # sft_model: loaded for the SFT row
         chat = chat_prompts(tokenizer, questions)
         completions, ids = sample(policy, tokenizer, chat, "RL", return_ids=True)
         kl = sequence_kl(policy, sft_model, tokenizer, chat, ids, ev.temperature, ev.batch_size)

@@ -61,7 +61,8 @@ def reward_head(model: PreTrainedModel) -> nn.Linear:
             f"{type(base).__name__} has no `score` head; reward models need a sequence-classification head"
         )
     # peft wraps modules_to_save in a ModulesToSaveWrapper; the trained copy is what scores
-    return getattr(head, "modules_to_save", {}).get("default", head) if hasattr(head, "modules_to_save") else head
+    saved = getattr(head, "modules_to_save", None)
+    return saved["default"] if saved is not None and "default" in saved else head
 
 
 def shift_reward(model: PreTrainedModel, offset: float) -> None:
