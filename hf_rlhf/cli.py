@@ -21,8 +21,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "hf_rlhf.evaluation:main",
         "Sample completions from a model, optionally best-of-N with a reward model.",
     ),
+    "merge": ("hf_rlhf.merge:main", "Merge a LoRA stage output into its base: a full model for deployment."),
+    "compare": ("hf_rlhf.compare:main", "Pipeline reports side by side (e.g. full precision, LoRA, QLoRA)."),
     "pipeline": ("hf_rlhf.pipeline:main", "Run the stages of a pipeline recipe in order and write the report."),
+    "push": (
+        "hf_rlhf.hub:main",
+        "Push a finished stage (or a dataset) to the Hub in one commit; retries a failed push.",
+    ),
 }
+
+
+DRY_RUN_STAGES = ("pretrain", "sft", "sample", "reward", "rl")  # `pipeline --dry-run` is the pipeline's own option
 
 
 def _load(target: str) -> Callable[[list[str]], object]:
@@ -37,6 +46,7 @@ def usage() -> str:
     lines = ["usage: hf-rlhf <command> [options]", "", "Train a GPT assistant through the classic RLHF pipeline.", ""]
     lines += ["commands:"] + [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run `hf-rlhf <command> --help` for the options of a command."]
+    lines += ["Add --dry-run to a stage or pipeline command for its plan and GPU memory estimate (no weights loaded)."]
     return "\n".join(lines)
 
 
@@ -51,11 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .configs import RecipeError
     from .data.formats import DataValidationError
+    from .hub import HubError
     from .modeling import ModelNotFoundError
 
+    target = COMMANDS[name][0]
+    if "--dry-run" in rest and name in DRY_RUN_STAGES:  # the stage's plan, without loading it (hf_rlhf.dryrun)
+        target, rest = "hf_rlhf.dryrun:stage_main", [name, *rest]
     try:
-        _load(COMMANDS[name][0])(rest)
-    except (RecipeError, DataValidationError, ModelNotFoundError) as e:
+        _load(target)(rest)
+    except (RecipeError, DataValidationError, ModelNotFoundError, HubError) as e:
         print(f"hf-rlhf {name}: error: {e}", file=sys.stderr)
         return 1
     return 0

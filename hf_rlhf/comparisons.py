@@ -3,7 +3,7 @@
 `hf-rlhf sample` writes a dataset with `prompt`, `completions` and an empty `ranking`, saved with `save_to_disk` and
 exported to JSONL so people can rank by hand (fill `ranking` with one rank per completion, 1 = best, equal ranks for
 ties) and hand the JSONL to the reward stage. In the tiny world the gold labeler ranks them (the simulated
-contractors: `--labeler tiny_world`).
+contractors: `--labeler tiny_world`). With `push_to_hub` the finished comparisons become a Hub dataset repo.
 """
 
 from __future__ import annotations
@@ -43,6 +43,11 @@ class SampleArguments:
     test_split_size: float = field(default=0.1, metadata={"help": "Fraction of prompts held out as the test split."})
     export_jsonl: bool = field(default=True, metadata={"help": "Also write comparisons_<split>.jsonl for people."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code."})
+    # The trainer stages' Hub options, same names: the comparisons are pushed as a dataset repo (parquet and a card)
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the comparisons to the Hub when complete."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Dataset repo id (org/name) to push to."})
+    hub_private_repo: bool | None = field(default=None, metadata={"help": "Create the dataset repo private."})
+    hub_revision: str | None = field(default=None, metadata={"help": "Branch to push to (default: main)."})
 
 
 def ranks_from_scores(scores: list[float]) -> list[int]:
@@ -89,7 +94,7 @@ def run(data_args: DataArguments, args: SampleArguments) -> dict[str, Any]:
         )
     prompts = data["train"]["prompt"][: args.max_prompts]
     resolve_model_path(args.model_name_or_path)
-    start_stage(args.output_dir)
+    start_stage(args.output_dir, args)
 
     model, tokenizer = load_model_for_inference(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     completions = sample_completions(model, tokenizer, prompts, args)

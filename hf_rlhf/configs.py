@@ -152,7 +152,12 @@ def parse_stage_args(parser: TrlParser, args: list[str] | None = None) -> tuple:
         check_keys(load_yaml_mapping(path), valid, f"recipe file '{path}'")
     flags = [a[2:].split("=", 1)[0].replace("-", "_") for a in args if a.startswith("--")]
     check_keys([f for f in flags if f not in ("config", "help")], valid, "command line")
-    return parser.parse_args_and_config(args)
+    parsed = parser.parse_args_and_config(args)
+    from .hub import pin_model_revision  # `model_revision` of a Hub model: `org/name@revision`
+
+    for config in parsed:
+        pin_model_revision(config)
+    return parsed
 
 
 def to_cli_args(values: dict[str, Any]) -> list[str]:

@@ -6,29 +6,53 @@ recipe turns it on, and a model path that does not exist is an error before anyt
 
 from __future__ import annotations
 
+import atexit
+import json
+import logging
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 from trl import ModelConfig
 
 from .tokenizer import PAD_TOKEN
+
+logger = logging.getLogger(__name__)
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 class ModelNotFoundError(FileNotFoundError):
     """A model or tokenizer path that does not exist or holds no model."""
 
 
-def resolve_model_path(name_or_path: str, what: str = "model") -> str:
-    """Check that a model (or tokenizer) directory exists and return it.
-
-    Hub ids (`org/name[@revision]`) are resolved by the Hub module once it lands; until then a path that is not a
-    directory is an error that says so.
+def resolve_model_path(name_or_path: str, what: str = "model", revision: str | None = None) -> str:
+    """The local directory of a model (or tokenizer, adapter base...): a directory as is, or a Hub repo
+    `org/name[@revision]` (`revision`: a separate `*_revision` option) downloaded by `hf_rlhf.hub.resolve_input`,
+    which records the exact commit for the stage's manifest. Anything else is an error that says what was expected.
     """
+    from .hub import HubInputError, is_hub_id, resolve_input
+
     if os.path.isdir(name_or_path):
         return name_or_path
-    raise ModelNotFoundError(f"{what} path '{name_or_path}' does not exist (expected a local directory)")
+    if not is_hub_id(name_or_path):
+        raise ModelNotFoundError(
+            f"{what} path '{name_or_path}' does not exist (expected a local directory or a Hub repo id "
+            "'org/name[@revision]')"
+        )
+    try:
+        return resolve_input(name_or_path, revision, repo_type="model", what=what).path
+    except HubInputError as e:
+        raise ModelNotFoundError(str(e)) from None
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -40,17 +64,17 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 
 def load_tokenizer(
-    name_or_path: str, *, revision: str = "main", trust_remote_code: bool = False
+    name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False
 ) -> PreTrainedTokenizerBase:
-    """Load a tokenizer and make sure PAD exists and differs from EOS."""
-    path = resolve_model_path(name_or_path, "tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    """Load a tokenizer (local directory or Hub `org/name[@revision]`); make sure PAD exists and differs from EOS."""
+    path = resolve_model_path(name_or_path, "tokenizer", revision)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     ensure_pad_token(tokenizer)
     return tokenizer
 
 
-def torch_dtype(name: str | None) -> torch.dtype | str | None:
-    if name in (None, "auto"):
+def torch_dtype(name: str | torch.dtype | None) -> torch.dtype | str | None:
+    if name in (None, "auto") or isinstance(name, torch.dtype):
         return name
     return getattr(torch, name)
 
@@ -70,25 +94,177 @@ def model_from_config(
     return AutoModelForCausalLM.from_config(config)
 
 
+def quantization_kwargs(model_args: ModelConfig) -> dict[str, Any]:
+    """`from_pretrained` keyword arguments for bitsandbytes 4/8-bit loading (`{}` when not quantized).
+
+    Built with TRL's `get_quantization_config` from `load_in_4bit`, `load_in_8bit`, `bnb_4bit_quant_type`,
+    `use_bnb_nested_quant` and `dtype` (the 4-bit compute dtype). Each process loads its copy on its own device.
+    """
+    if model_args.load_in_4bit and model_args.load_in_8bit:
+        raise ValueError("choose one of `load_in_4bit` and `load_in_8bit`")
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return {}
+    if model_args.dtype in (None, "auto"):
+        model_args.dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+    from accelerate import PartialState
+    from trl import get_quantization_config
+
+    device = PartialState().local_process_index if torch.cuda.is_available() else "cpu"
+    return {"quantization_config": get_quantization_config(model_args), "device_map": {"": device}}
+
+
+def is_quantized(model: torch.nn.Module) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def is_adapter_dir(path: str) -> bool:
+    """A directory that holds a peft adapter (`adapter_config.json`) rather than full weights."""
+    return os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
+
+
+def adapter_base(path: str) -> str:
+    """The base model an adapter was trained on (`base_model_name_or_path`): a directory, Hub id or adapter."""
+    with open(os.path.join(path, ADAPTER_CONFIG)) as f:
+        config = json.load(f)
+    base, revision = config.get("base_model_name_or_path"), config.get("revision")
+    if not base:
+        raise ModelNotFoundError(f"adapter '{path}' does not name its base model (base_model_name_or_path)")
+    if revision and not os.path.isdir(base) and "@" not in base:
+        return f"{base}@{revision}"  # a Hub base at the exact commit the adapter was trained on
+    return base
+
+
+def load_pretrained(
+    model_class: type,
+    name_or_path: str,
+    *,
+    model_args: ModelConfig | None = None,
+    trust_remote_code: bool = False,
+    quantize: bool = True,
+    **kwargs: Any,
+) -> PreTrainedModel:
+    """Load any role's model with `model_class` (`AutoModelForCausalLM`, `AutoModelForSequenceClassification`...).
+
+    The one loader of every stage. `name_or_path` is a full model or a peft adapter; an adapter is loaded on its
+    base (resolved from its adapter config, recursively: a LoRA reward model on a LoRA SFT model on a pretrained
+    base) and merged, so the result is the model the adapter stands for. With quantization (`model_args`), an
+    adapter is first merged in full precision into a temporary directory, which is then loaded quantized.
+    Safetensors only; dtype, attention and quantization from `model_args`.
+    """
+    args = model_args or ModelConfig(dtype=None)
+    revision = args.model_revision if name_or_path == args.model_name_or_path else None
+    path = resolve_model_path(name_or_path, revision=None if revision in (None, "main") else revision)
+    quant = quantization_kwargs(args) if quantize else {}
+    common = {"model_args": args, "trust_remote_code": trust_remote_code, **kwargs}
+    if is_adapter_dir(path) and quant:
+        model = load_pretrained(model_class, merged_model_dir(path, trust_remote_code), **common)
+    elif is_adapter_dir(path):
+        model = merge_adapter(path, model_class, **common)
+    else:
+        model = model_class.from_pretrained(
+            path,
+            dtype=torch_dtype(args.dtype),
+            attn_implementation=args.attn_implementation,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=True,
+            **quant,
+            **kwargs,
+        )
+        if not quant and getattr(model.config, "quantization_config", None):
+            model = model.dequantize()  # a pre-quantized checkpoint, asked for in full precision
+    # what adapters trained on it name as their base: the Hub id as given, a local directory in full
+    model.name_or_path = os.path.abspath(name_or_path) if os.path.isdir(name_or_path) else name_or_path
+    model.config._name_or_path = model.name_or_path
+    return model
+
+
+def merge_adapter(path: str, model_class: type, *, model_args: ModelConfig | None = None, **kwargs: Any):
+    """The full model an adapter directory stands for: its base (loaded by `load_pretrained`) with it merged in.
+
+    A causal-LM adapter asked for under another head (the LoRA SFT model as the reward model's start) is merged as a
+    causal LM first, and the merged weights are loaded with `model_class`.
+    """
+    from peft import PeftModel
+
+    if adapter_task(path) == "SEQ_CLS" and model_class is AutoModelForCausalLM:
+        raise ValueError(f"'{path}' is a reward-model (sequence-classification) adapter, not a causal LM")
+    if adapter_task(path) == "CAUSAL_LM" and model_class is not AutoModelForCausalLM:
+        merged = merged_model_dir(path, kwargs.get("trust_remote_code", False))
+        return load_pretrained(model_class, merged, model_args=model_args, quantize=False, **kwargs)
+    base = load_pretrained(model_class, adapter_base(path), model_args=model_args, quantize=False, **kwargs)
+    peft_model = PeftModel.from_pretrained(base, path, is_trainable=False)
+    restore_score_bias(peft_model, path)
+    return peft_model.merge_and_unload()
+
+
+def adapter_task(path: str) -> str | None:
+    """The peft task type of an adapter directory (`CAUSAL_LM`, `SEQ_CLS`...)."""
+    with open(os.path.join(path, ADAPTER_CONFIG)) as f:
+        return json.load(f).get("task_type")
+
+
+_MERGED_DIRS: dict[str, str] = {}
+
+
+def merged_model_dir(path: str, trust_remote_code: bool = False) -> str:
+    """A temporary directory holding the merged full model of an adapter, made once per process."""
+    key = os.path.abspath(path)
+    if key not in _MERGED_DIRS:
+        task = adapter_task(path)
+        model_class = AutoModelForSequenceClassification if task == "SEQ_CLS" else AutoModelForCausalLM
+        extra = {"num_labels": 1} if task == "SEQ_CLS" else {}
+        model = merge_adapter(path, model_class, trust_remote_code=trust_remote_code, **extra)
+        out = tempfile.mkdtemp(prefix="hf_rlhf-merged-")
+        atexit.register(shutil.rmtree, out, True)
+        model.save_pretrained(out, safe_serialization=True)
+        logger.info("merged adapter '%s' into its base for quantized loading (%s)", path, out)
+        _MERGED_DIRS[key] = out
+    return _MERGED_DIRS[key]
+
+
+def restore_score_bias(model: torch.nn.Module, path: str) -> None:
+    """Put back a score-head bias saved by `hf_rlhf.rewards.shift_reward` that `from_pretrained` does not load.
+
+    Reward centring adds a bias to heads that have none (`score.bias`); transformers and peft drop such unexpected
+    keys, so it is read from the safetensors file (full model or adapter) and set on the head.
+    """
+    from safetensors import safe_open
+
+    from .rewards import reward_head
+
+    for name in ("model.safetensors", "adapter_model.safetensors"):
+        weights = os.path.join(path, name)
+        if not os.path.isfile(weights):
+            continue
+        with safe_open(weights, framework="pt") as f:
+            key = next((k for k in f.keys() if k == "score.bias" or k.endswith(".score.bias")), None)
+            if key is None:
+                return
+            bias = f.get_tensor(key)
+        head = reward_head(model)
+        head.bias = torch.nn.Parameter(bias.to(device=head.weight.device, dtype=head.weight.dtype))
+        return
+
+
 def load_causal_lm(
     model_args: ModelConfig,
     *,
     tokenizer: PreTrainedTokenizerBase | None = None,
     trust_remote_code: bool = False,
     name_or_path: str | None = None,
+    quantize: bool = True,
 ) -> PreTrainedModel:
-    """Load a causal LM from a directory (safetensors only) with the dtype and attention of `model_args`.
+    """Load a causal LM (full weights, or an adapter merged into its base) with the dtype, attention and
+    quantization of `model_args`.
 
     If the tokenizer has more tokens than the embedding (a PAD token was added), the embeddings are resized.
     """
-    path = resolve_model_path(name_or_path or model_args.model_name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        revision=model_args.model_revision,
-        dtype=torch_dtype(model_args.dtype),
-        attn_implementation=model_args.attn_implementation,
+    model = load_pretrained(
+        AutoModelForCausalLM,
+        name_or_path or model_args.model_name_or_path,
+        model_args=model_args,
         trust_remote_code=trust_remote_code,
-        use_safetensors=True,
+        quantize=quantize,
     )
     if tokenizer is not None:
         sync_model_to_tokenizer(model, tokenizer)
@@ -98,17 +274,48 @@ def load_causal_lm(
 def sync_model_to_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Resize embeddings to the tokenizer and use its PAD/EOS ids in the model and generation configs."""
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        if is_quantized(model):
+            raise ValueError(
+                f"the tokenizer has {len(tokenizer)} tokens but the quantized model's embedding has "
+                f"{model.get_input_embeddings().num_embeddings}; add the PAD token in a full-precision stage first"
+            )
         model.resize_token_embeddings(len(tokenizer))
-    for cfg in (model.config, model.generation_config):
+    for cfg in (model.config, getattr(model, "generation_config", None)):
         if cfg is not None:
             cfg.pad_token_id = tokenizer.pad_token_id
             cfg.eos_token_id = tokenizer.eos_token_id
 
 
+def peft_config_for(model_args: ModelConfig, role: str = "causal_lm"):
+    """TRL's `get_peft_config` for a role; `None` without `use_peft`.
+
+    The reward and value roles are sequence-classification adapters whose `score` head is trained in full
+    (`modules_to_save`), whatever `lora_modules_to_save` says.
+    """
+    from trl import get_peft_config
+
+    config = get_peft_config(model_args)
+    if config is None or role == "causal_lm":
+        return config
+    config.task_type = "SEQ_CLS"
+    config.modules_to_save = sorted({*(config.modules_to_save or []), "score"})
+    return config
+
+
+def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit weights count as their unpacked size."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
 def load_model_for_inference(
     path: str, *, trust_remote_code: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a finished stage's causal LM and tokenizer for generation, in eval mode."""
+    """Load a finished stage's causal LM (full or adapter) and tokenizer for generation, in eval mode."""
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     model = load_causal_lm(
         ModelConfig(model_name_or_path=path), tokenizer=tokenizer, trust_remote_code=trust_remote_code

@@ -4,6 +4,11 @@ A pipeline recipe (see `recipes/tiny/pipeline.yaml`) names an output directory, 
 generate, the stages to run with their own stage recipes and overrides, and how to evaluate. A stage whose
 directory already holds a complete manifest made from the same arguments is skipped; anything else is rerun, and a
 directory without a complete manifest is never handed to the next stage.
+
+With a `hub:` section (`HubSettings`) every stage is pushed to `<namespace>/<repo_prefix><stage>` once complete (the
+tiny world's datasets to dataset repos), and with `pull: true` each stage reads its inputs from those repos, pinned
+to the commit just pushed, instead of from local directories; stages the recipe does not list are pulled from their
+repos, so a pipeline can start from a middle stage on another machine.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from . import comparisons
-from .artifacts import MANIFEST, atomic_write_json, is_complete, read_manifest, require_complete
+from . import comparisons, hub
+from .artifacts import MANIFEST, atomic_write_json, is_complete, read_manifest, require_complete, update_manifest
 from .configs import RecipeError, WorldArguments, check_keys, load_yaml_mapping, to_cli_args
-from .report import EvaluationArguments, build_report, write_report
+from .report import EvaluationArguments, build_report, stage_evaluations, write_report
 from .stages import pretrain, reward, rl, sft
 
 logger = logging.getLogger(__name__)
@@ -53,19 +58,46 @@ STAGES: dict[str, StageSpec] = {
 
 
 @dataclass
+class HubSettings:
+    """A pipeline recipe's `hub:` section: push every stage, and chain the stages through the Hub.
+
+    No token here, ever: it comes from HF_TOKEN or `hf auth login`.
+    """
+
+    namespace: str  # user or organisation of the repos
+    repo_prefix: str | None = None  # repo names are <repo_prefix><stage>; default "<output_dir name>-"
+    private: bool | None = None  # create the repos private
+    revision: str = "main"  # branch every stage pushes to (and is read from)
+    endpoint: str | None = None  # Hub URL; default HF_ENDPOINT (huggingface.co)
+    pull: bool = True  # stage N+1 reads stage N's repo at the pushed commit, not its local directory
+    push_datasets: bool = True  # push the tiny world's datasets as dataset repos (read from there with `pull`)
+
+    def repo_id(self, name: str, output_dir: str) -> str:
+        prefix = self.repo_prefix if self.repo_prefix is not None else os.path.basename(os.path.normpath(output_dir))
+        prefix = prefix if self.repo_prefix is not None else f"{prefix}-"
+        return f"{self.namespace}/{prefix}{REPO_NAMES.get(name, name)}"
+
+
+REPO_NAMES = {"sample": "comparisons"}  # a stage's repo name, when it is not the stage's name
+
+
+@dataclass
 class PipelineRecipe:
     path: str
     output_dir: str
     stages: dict[str, dict[str, Any]]
     world: WorldArguments | None = None
     evaluation: EvaluationArguments = field(default_factory=EvaluationArguments)
+    hub: HubSettings | None = None
+    # `launch:` what the recipe is sized for (`accelerate_config`, `gpu_memory_gb`); read by `--dry-run` only
+    launch: dict[str, Any] = field(default_factory=dict)
 
 
 def load_pipeline_recipe(path: str, output_dir: str | None = None) -> PipelineRecipe:
     """Read and check a pipeline recipe; every error names the file and the key at fault."""
     raw = load_yaml_mapping(path)
     where = f"pipeline recipe '{path}'"
-    check_keys(raw, {"output_dir", "world", "stages", "evaluation"}, where)
+    check_keys(raw, {"output_dir", "world", "stages", "evaluation", "hub", "launch"}, where)
     stages = raw.get("stages") or {}
     if not isinstance(stages, dict) or not stages:
         raise RecipeError(f"{where}: 'stages' must map stage names ({', '.join(STAGES)}) to their settings")
@@ -73,7 +105,7 @@ def load_pipeline_recipe(path: str, output_dir: str | None = None) -> PipelineRe
     base = os.path.dirname(os.path.abspath(path))
     for name, spec in stages.items():
         spec = spec or {}
-        check_keys(spec, {"recipe", "overrides"}, f"{where}, stage '{name}'")
+        check_keys(spec, {"recipe", "overrides", "merge"}, f"{where}, stage '{name}'")
         if "recipe" in spec:
             spec["recipe"] = os.path.join(base, spec["recipe"])
             if not os.path.isfile(spec["recipe"]):
@@ -84,6 +116,17 @@ def load_pipeline_recipe(path: str, output_dir: str | None = None) -> PipelineRe
         check_keys(world, {f.name for f in fields(WorldArguments)} - {"output_dir"}, f"{where}, 'world'")
     evaluation = raw.get("evaluation") or {}
     check_keys(evaluation, {f.name for f in fields(EvaluationArguments)}, f"{where}, 'evaluation'")
+    hub_section = raw.get("hub")
+    if hub_section is not None:
+        check_keys(hub_section, {f.name for f in fields(HubSettings)}, f"{where}, 'hub'")
+        if not hub_section.get("namespace"):
+            raise RecipeError(f"{where}, 'hub': set 'namespace' (the user or organisation of the repos)")
+    launch = raw.get("launch") or {}
+    check_keys(launch, {"accelerate_config", "gpu_memory_gb"}, f"{where}, 'launch'")
+    if "accelerate_config" in launch:
+        launch["accelerate_config"] = os.path.join(base, launch["accelerate_config"])
+        if not os.path.isfile(launch["accelerate_config"]):
+            raise RecipeError(f"{where}, 'launch': accelerate config '{launch['accelerate_config']}' does not exist")
     out = output_dir or raw.get("output_dir")
     if not out:
         raise RecipeError(f"{where}: set 'output_dir' in the recipe or pass --output_dir")
@@ -93,6 +136,8 @@ def load_pipeline_recipe(path: str, output_dir: str | None = None) -> PipelineRe
         stages={name: stages[name] for name in STAGES if name in stages},
         world=WorldArguments(output_dir=os.path.join(out, "data"), **world) if world is not None else None,
         evaluation=EvaluationArguments(**evaluation),
+        hub=HubSettings(**hub_section) if hub_section is not None else None,
+        launch=launch,
     )
 
 
@@ -111,7 +156,8 @@ def stage_argv(recipe: PipelineRecipe, name: str, outputs: dict[str, str]) -> li
         if option != "output_dir" and source in outputs and option not in in_recipe:
             wired[option] = outputs[source]
     argv = ["--config", stage["recipe"]] if "recipe" in stage else []
-    return argv + to_cli_args(wired) + to_cli_args(stage.get("overrides") or {})
+    overrides = stage.get("overrides") or {}
+    return argv + to_cli_args(wired) + to_cli_args(hub_options(recipe, name)) + to_cli_args(overrides)
 
 
 def _args_hash(argv: list[str], upstream: list[Any]) -> str:
@@ -124,12 +170,37 @@ def _args_hash(argv: list[str], upstream: list[Any]) -> str:
     return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()[:16]
 
 
+def merged_output(stage_dir: str) -> str:
+    """`<stage>-merged`: the stage's LoRA adapter merged into its base, made once per run of the stage; the stages
+    after it (and the report) use it. A stage that wrote full weights is used as it is."""
+    from .modeling import is_adapter_dir
+
+    if not is_adapter_dir(stage_dir):
+        return stage_dir
+    merged = stage_dir.rstrip(os.sep) + "-merged"
+    source = read_manifest(stage_dir)
+    done = read_manifest(merged) if is_complete(merged) else None
+    if done is None or done.get("merged_from", {}).get("finished_at") != source.get("finished_at"):
+        from .merge import merge
+
+        print(f"[hf-rlhf] merge: hf-rlhf merge {stage_dir} {merged}")
+        manifest = merge(stage_dir, merged)
+        manifest["merged_from"]["finished_at"] = source.get("finished_at")
+        atomic_write_json(os.path.join(merged, MANIFEST), manifest)
+    return merged
+
+
 def run_pipeline(recipe: PipelineRecipe, overwrite: bool = False) -> dict[str, Any]:
     """Run every stage of `recipe`, then evaluate and write `report.json` and `report.md` in its output directory.
 
     Returns:
         `dict`: the report.
     """
+    with hub.use_endpoint(recipe.hub.endpoint if recipe.hub is not None else None):
+        return _run_pipeline(recipe, overwrite)
+
+
+def _run_pipeline(recipe: PipelineRecipe, overwrite: bool) -> dict[str, Any]:
     os.makedirs(recipe.output_dir, exist_ok=True)
     data: dict[str, str] = {}
     if recipe.world is not None:
@@ -143,15 +214,17 @@ def run_pipeline(recipe: PipelineRecipe, overwrite: bool = False) -> dict[str, A
 
     if recipe.world is not None:
         data["world_seed"] = str(recipe.world.seed)
+    refs = publish_world(recipe, data)  # with `hub.pull`: input name -> "org/name@commit", used instead of dirs
     stage_dirs: dict[str, str] = {}
     for name, spec in STAGES.items():
         if name not in recipe.stages:
+            pull_upstream(recipe, name, refs, stage_dirs)
             continue
         module = spec.module
-        argv = stage_argv(recipe, name, {**data, **stage_dirs})
+        argv = stage_argv(recipe, name, {**data, **stage_dirs, **refs})
         out_dir = os.path.join(recipe.output_dir, name)
         upstream = [asdict(recipe.world) if recipe.world is not None else None]
-        upstream += [read_manifest(d).get("finished_at") for d in stage_dirs.values() if d in argv]
+        upstream += [read_manifest(d).get("finished_at") for n, d in stage_dirs.items() if {d, refs.get(n)} & {*argv}]
         digest = _args_hash(argv, upstream)
         manifest = read_manifest(out_dir)
         if not overwrite and is_complete(out_dir) and manifest.get("pipeline_args_hash") == digest:
@@ -162,12 +235,98 @@ def run_pipeline(recipe: PipelineRecipe, overwrite: bool = False) -> dict[str, A
             module.main(argv)
             manifest = require_complete(out_dir)
             atomic_write_json(os.path.join(out_dir, MANIFEST), {**manifest, "pipeline_args_hash": digest})
-        stage_dirs[name] = out_dir
+        stage_dirs[name] = merged_output(out_dir) if recipe.stages[name].get("merge") else out_dir
+        refs.update(publish_stage(recipe, name, out_dir))
 
     world_seed = recipe.world.seed if recipe.world is not None else None
     report = build_report(recipe.output_dir, recipe.evaluation, stage_dirs, data.get("prompts"), world_seed)
     write_report(report, recipe.output_dir)
+    publish_evaluation(recipe, report)
     return report
+
+
+# ------------------------------------------------------------------------------------------------- the Hub
+def hub_options(recipe: PipelineRecipe, name: str) -> dict[str, Any]:
+    """The Hub options the pipeline gives a stage: push to its repo once complete."""
+    if recipe.hub is None:
+        return {}
+    options = {
+        "push_to_hub": True,
+        "hub_model_id": recipe.hub.repo_id(name, recipe.output_dir),
+        "hub_revision": recipe.hub.revision,
+    }
+    if recipe.hub.private is not None:
+        options["hub_private_repo"] = recipe.hub.private
+    return options
+
+
+def publish_world(recipe: PipelineRecipe, data: dict[str, str]) -> dict[str, str]:
+    """Push the tiny world's datasets (`hub.push_datasets`); with `hub.pull`, their `org/name@commit` refs."""
+    settings = recipe.hub
+    if settings is None or recipe.world is None or not settings.push_datasets:
+        return {}
+    from .data.world import WORLD_DATASETS
+
+    refs = {}
+    for name in WORLD_DATASETS:
+        repo_id, commit = hub.push_dataset(
+            data[name],
+            settings.repo_id(name, recipe.output_dir),
+            private=settings.private,
+            revision=settings.revision,
+        )
+        print(f"[hf-rlhf] {name}: pushed to dataset repo {repo_id} at {commit}")
+        refs[name] = f"{repo_id}@{commit}"
+    return refs if settings.pull else {}
+
+
+def publish_stage(recipe: PipelineRecipe, name: str, out_dir: str) -> dict[str, str]:
+    """Make sure a finished stage is on the Hub (a skipped stage whose push failed is pushed now); with `hub.pull`,
+    its `org/name@commit` ref for the stages after it."""
+    settings = recipe.hub
+    if settings is None:
+        return {}
+    repo_id = settings.repo_id(name, recipe.output_dir)
+    record = read_manifest(out_dir).get("hub") or {}
+    if (record.get("repo_id"), record.get("revision")) != (repo_id, settings.revision):
+        record = hub.push_stage(out_dir, repo_id, private=settings.private, revision=settings.revision)["hub"]
+    print(f"[hf-rlhf] {name}: on the Hub as {record['repo_id']} at {record['commit']}")
+    return {name: f"{record['repo_id']}@{record['commit']}"} if settings.pull else {}
+
+
+def pull_upstream(recipe: PipelineRecipe, name: str, refs: dict[str, str], stage_dirs: dict[str, str]) -> None:
+    """A stage the recipe does not run but a later one reads (`hub.pull`): read from its repo at `hub.revision`,
+    pinned to the commit found there; its snapshot serves the report as well."""
+    settings = recipe.hub
+    needed = {source for n in recipe.stages for source in _sources(n)}
+    if settings is None or not settings.pull or name not in needed:
+        return
+    repo_type = "dataset" if name in hub.DATASET_STAGES else "model"
+    ref = f"{settings.repo_id(name, recipe.output_dir)}@{settings.revision}"
+    try:
+        resolved = hub.resolve_input(ref, repo_type=repo_type, what=f"stage '{name}' (not in the recipe)")
+    except hub.HubInputError as e:
+        raise RecipeError(f"pipeline recipe '{recipe.path}': {e}; run that stage, or list it in 'stages'") from None
+    print(f"[hf-rlhf] {name}: not in the recipe, read from {resolved.repo_id} at {resolved.commit}")
+    refs[name] = f"{resolved.repo_id}@{resolved.commit}"
+    stage_dirs[name] = resolved.path
+
+
+def _sources(name: str) -> list[str]:
+    spec = STAGES[name]
+    return [s for s in (spec.model_from, spec.data_from, *(source for _, source in spec.wired)) if s]
+
+
+def publish_evaluation(recipe: PipelineRecipe, report: dict[str, Any]) -> None:
+    """Put each stage's rows of the report (gold scores, sample generations) in its manifest and card; re-push the
+    stages of a `hub:` pipeline so their cards on the Hub show them too."""
+    for name, evaluation in stage_evaluations(report).items():
+        out_dir = os.path.join(recipe.output_dir, name)
+        if name not in recipe.stages or not is_complete(out_dir):
+            continue
+        manifest = update_manifest(out_dir, evaluation=evaluation)
+        if recipe.hub is not None and manifest.get("hub"):
+            hub.push_stage(out_dir, commit_message=f"hf-rlhf {name}: evaluation results")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -178,5 +337,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("recipe", help="Pipeline recipe, e.g. recipes/tiny/pipeline.yaml.")
     parser.add_argument("--output_dir", help="Override the recipe's output directory.")
     parser.add_argument("--overwrite", action="store_true", help="Rerun stages even if they are already complete.")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Print each stage's plan and GPU memory estimate instead of running: no weights, no downloads.",
+    )
+    parser.add_argument("--accelerate_config", help="--dry-run: plan for this accelerate config file.")
+    parser.add_argument("--gpu_memory_gb", type=float, help="--dry-run: GPU memory per device, GiB (default 80).")
     args = parser.parse_args(argv)
+    if args.dry_run:
+        from .dryrun import plan_pipeline
+
+        plan = plan_pipeline(args.recipe, args.output_dir, args.accelerate_config, args.gpu_memory_gb)
+        print(plan.format())
+        return plan.to_dict()
     return run_pipeline(load_pipeline_recipe(args.recipe, args.output_dir), overwrite=args.overwrite)

@@ -219,3 +219,22 @@ def write_report(report: dict[str, Any], output_dir: str) -> None:
     with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write(text)
     print(text)
+
+
+def stage_evaluations(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each stage's part of the report, for its manifest and card (and its repo on the Hub): its rows of the gold
+    table and its sample generations, e.g. `{"sft": {"rows": [...], "samples": [{"prompt", "model", "response"}]}}`.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for row in report["rows"]:
+        stage = out.setdefault(row["stage"], {"temperature": report["evaluation"]["temperature"], "rows": []})
+        stage["rows"].append(row)
+    for stage in out.values():
+        models = [row["model"] for row in stage["rows"]]
+        stage["samples"] = [
+            {"prompt": sample["prompt"], "model": model, "response": sample[model]}
+            for sample in report["samples"]
+            for model in models
+            if model in sample
+        ]
+    return out

@@ -9,12 +9,10 @@ makes a trained reward model one.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import nn
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -79,33 +77,34 @@ def shift_reward(model: PreTrainedModel, offset: float) -> None:
     (model.get_base_model() if hasattr(model, "get_base_model") else model).config.update({SCORE_BIAS_FLAG: True})
 
 
-def load_reward_model(path: str, *, trust_remote_code: bool = False, dtype: Any = None) -> PreTrainedModel:
+def load_reward_model(
+    path: str, *, trust_remote_code: bool = False, dtype: Any = None, model_args: Any = None
+) -> PreTrainedModel:
     """Load a reward (or value) model: `AutoModelForSequenceClassification` with one label, safetensors only.
 
-    Restores the head bias written by `shift_reward`.
+    `path` is a full reward model or a LoRA reward adapter (merged into its base). `model_args` (TRL's
+    `ModelConfig`) may ask for dtype and 4/8-bit quantization. Restores the head bias written by `shift_reward`.
     """
     from transformers.utils import logging as hf_logging
+    from trl import ModelConfig
 
-    from .modeling import resolve_model_path
+    from .modeling import load_pretrained, resolve_model_path, restore_score_bias
 
     path = resolve_model_path(path, "reward model")
-    with open(os.path.join(path, "config.json")) as f:
-        has_bias = bool(json.load(f).get(SCORE_BIAS_FLAG))
+    model_args = model_args or ModelConfig(dtype=dtype)
     verbosity = hf_logging.get_verbosity()
-    if has_bias:  # transformers would report `score.bias` as an unexpected key; it is restored below
-        hf_logging.set_verbosity_error()
+    hf_logging.set_verbosity_error()  # `score.bias` would be reported as unexpected; it is restored below
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype
+        model = load_pretrained(
+            AutoModelForSequenceClassification,
+            path,
+            model_args=model_args,
+            trust_remote_code=trust_remote_code,
+            num_labels=1,
         )
     finally:
         hf_logging.set_verbosity(verbosity)
-    if has_bias:
-        weights = os.path.join(path, "model.safetensors")
-        with safe_open(weights, framework="pt") as f:
-            bias = f.get_tensor("score.bias")
-        head = reward_head(model)
-        head.bias = nn.Parameter(bias.to(head.weight.dtype))
+    restore_score_bias(model, path)
     return model
 
 
@@ -186,7 +185,6 @@ def best_of_n(
 def main(argv: list[str] | None = None) -> list[float]:
     """`hf-rlhf score`: score (prompt, response) rows with a reward model."""
     import argparse
-    import json
 
     from .configs import DataArguments
     from .data.formats import DataValidationError, load_stage_dataset

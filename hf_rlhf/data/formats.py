@@ -2,18 +2,22 @@
 
 Formats follow TRL's dataset format table: language modeling (`text`), prompt-completion (`prompt`, `completion`),
 conversational language modeling (`messages`) and conversational prompt-completion (`prompt` and `completion` as
-lists of `{"role", "content"}` messages). Every error names the dataset, the split, the row, the column and what
-was expected, and is raised before a model is loaded.
+lists of `{"role", "content"}` messages). A dataset is a `save_to_disk` directory, a data file, or a Hub dataset repo
+`org/name[@revision]` (through `hf_rlhf.hub`, parquet as the Hub stores it). Every error names the dataset, the
+split, the row, the column and what was expected, and is raised before a model is loaded.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 from dataclasses import dataclass
 
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from ..configs import DataArguments
+from ..hub import HubInputError, is_hub_id, resolve_input
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 MAX_REPORTED_ERRORS = 5
@@ -43,10 +47,10 @@ def load_stage_dataset(data_args: DataArguments, seed: int = 42) -> DatasetDict:
         raise DataValidationError("no dataset given: set `dataset_name` in the recipe or with --dataset_name")
     if os.path.isfile(name) and os.path.getsize(name) == 0:
         raise DataValidationError(f"dataset '{name}' is an empty file")
-    if os.path.isdir(name):
-        data = _read(name, lambda: load_from_disk(name))
-        if not isinstance(data, DatasetDict):
-            data = DatasetDict({data_args.dataset_train_split: data})
+    if is_hub_id(name):
+        data = _read(name, lambda: load_snapshot(hub_dataset_dir(name), data_args.dataset_train_split))
+    elif os.path.isdir(name):
+        data = _read(name, lambda: load_snapshot(name, data_args.dataset_train_split))
     elif os.path.isfile(name):
         ext = next((e for e in FILE_BUILDERS if name.endswith(e)), None)
         if ext is None:
@@ -56,8 +60,8 @@ def load_stage_dataset(data_args: DataArguments, seed: int = 42) -> DatasetDict:
         data = _read(name, lambda: load_dataset(FILE_BUILDERS[ext], data_files={data_args.dataset_train_split: name}))
     else:
         raise DataValidationError(
-            f"dataset '{name}' does not exist: expected a `save_to_disk` directory or a data file "
-            f"({', '.join(FILE_BUILDERS)})"
+            f"dataset '{name}' does not exist: expected a `save_to_disk` directory, a data file "
+            f"({', '.join(FILE_BUILDERS)}) or a Hub dataset repo id 'org/name[@revision]'"
         )
     if data_args.dataset_train_split not in data:
         raise DataValidationError(
@@ -81,8 +85,35 @@ def load_stage_dataset(data_args: DataArguments, seed: int = 42) -> DatasetDict:
 def _read(name: str, load):
     try:
         return load()
+    except DataValidationError:
+        raise
     except Exception as e:  # pyarrow and datasets raise many types for malformed or empty files
         raise DataValidationError(f"dataset '{name}' could not be read: {type(e).__name__}: {e}") from e
+
+
+def hub_dataset_dir(name: str) -> str:
+    """The local snapshot of a Hub dataset repo `org/name[@revision]` (its commit goes to the stage's manifest)."""
+    try:
+        return resolve_input(name, repo_type="dataset", what="dataset").path
+    except HubInputError as e:
+        raise DataValidationError(str(e)) from None
+
+
+def load_snapshot(directory: str, train_split: str = "train") -> DatasetDict:
+    """A dataset directory: written by `save_to_disk`, or laid out as the Hub stores datasets (parquet files,
+    `data/<split>-00000-of-00001.parquet`, as `hf_rlhf.hub` pushes them)."""
+    if os.path.isfile(os.path.join(directory, "dataset_dict.json")) or os.path.isfile(
+        os.path.join(directory, "state.json")
+    ):
+        data = load_from_disk(directory)
+        return data if isinstance(data, DatasetDict) else DatasetDict({train_split: data})
+    files = sorted(glob.glob(os.path.join(directory, "**", "*.parquet"), recursive=True))
+    if not files:
+        raise DataValidationError(f"dataset '{directory}' holds neither a `save_to_disk` dataset nor parquet files")
+    splits: dict[str, list[str]] = {}
+    for path in files:
+        splits.setdefault(re.split(r"[-.]", os.path.basename(path))[0], []).append(path)
+    return load_dataset("parquet", data_files=splits)
 
 
 def dataset_fingerprint(dataset: Dataset) -> str:

@@ -29,6 +29,15 @@ class PPOConfig(TrainingArguments):
         metadata={"help": "Allow custom model code shipped with a model (off unless a recipe turns it on)."},
     )
 
+    # models
+    shared_base: bool = field(
+        default=False,
+        metadata={
+            "help": "With use_peft: policy, reference, value and reward are adapters of one copy of the SFT model "
+            "(quantized or not); needs a LoRA reward model trained on that SFT model. False: separate models."
+        },
+    )
+
     # rollout
     num_mini_batches: int = field(default=1, metadata={"help": "Minibatches per PPO epoch."})
     num_ppo_epochs: int = field(default=4, metadata={"help": "Optimisation passes over each rollout."})

@@ -37,6 +37,7 @@ from ..evaluation import format_prompts
 from ..rewards import RewardFunction
 from . import core
 from .config import PPOConfig
+from .roles import adapters_disabled
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "ppo_trainer_state.json"
@@ -86,7 +87,15 @@ class PolicyAndValue(nn.Module):
 
 
 def sequence_values(model: PreTrainedModel, input_ids, attention_mask, position_ids) -> torch.Tensor:
-    """A sequence-classification model's head applied at every position: (B, L)."""
+    """A sequence-classification model's head applied at every position: (B, L).
+
+    Works for a plain model, a peft-wrapped one (a LoRA value model) and a role of the shared base
+    (`hf_rlhf.ppo.roles.AdapterScalarModel`).
+    """
+    if hasattr(model, "per_token_scores"):
+        return model.per_token_scores(input_ids, attention_mask, position_ids)
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
     backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
     return model.score(hidden).squeeze(-1)
@@ -99,8 +108,9 @@ class PPOTrainer:
         args (`PPOConfig`): Hyperparameters, logging and saving.
         policy (`PreTrainedModel`): The model to train (the SFT model).
         ref_policy (`PreTrainedModel` or `None`): The frozen reference (the SFT model). `None` with a peft policy:
-            the policy with its adapter disabled.
-        value_model (`PreTrainedModel`): A sequence-classification model (initialised from the reward model).
+            the policy with its adapters disabled (one base for both).
+        value_model (`PreTrainedModel`): A sequence-classification model (initialised from the reward model), plain
+            or peft-wrapped, or an `AdapterScalarModel` on the policy's own base (`hf_rlhf.ppo.roles`).
         tokenizer (`PreTrainedTokenizerBase`): The policy's tokenizer, with a chat template for conversational
             prompts and PAD distinct from EOS.
         train_dataset: Rows with a `prompt` (text, or a list of messages).
@@ -219,7 +229,7 @@ class PPOTrainer:
         ref = self.ref_policy
         if ref is None:  # a peft policy: the reference is the base with the adapter disabled
             policy = self.accelerator.unwrap_model(self.model).policy
-            with policy.disable_adapter():
+            with adapters_disabled(policy):
                 logits = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
         else:
             logits = ref(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
@@ -484,10 +494,13 @@ class PPOTrainer:
         logger.warning("resumed PPO from %s at update %d", path, self.global_step)
 
     def save_model(self, output_dir: str) -> None:
-        """Save the trained policy (safetensors) and tokenizer; the value model goes to `value_model/`."""
+        """Save the trained policy (safetensors; with LoRA, its adapter only) and tokenizer; the value model goes to
+        `value_model/`."""
         self.accelerator.wait_for_everyone()
         unwrapped = self.accelerator.unwrap_model(self.model)
         if self.accelerator.is_main_process:
-            unwrapped.policy.save_pretrained(output_dir, safe_serialization=True)
+            policy = unwrapped.policy
+            only_policy = {"selected_adapters": ["default"]} if hasattr(policy, "peft_config") else {}
+            policy.save_pretrained(output_dir, safe_serialization=True, **only_policy)
             self.tokenizer.save_pretrained(output_dir)
             unwrapped.value_model.save_pretrained(os.path.join(output_dir, "value_model"), safe_serialization=True)

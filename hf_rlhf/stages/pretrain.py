@@ -72,7 +72,7 @@ def run(data_args: DataArguments, training_args: PretrainConfig, model_args: Mod
     for path in (model_args.model_name_or_path, training_args.tokenizer_name_or_path):
         if path:
             resolve_model_path(path)
-    start_stage(training_args.output_dir)
+    start_stage(training_args.output_dir, training_args)  # takes over push_to_hub: one push, when complete
 
     # Tokenizer: named, from the checkpoint, or trained on the corpus.
     tokenizer_source = training_args.tokenizer_name_or_path or model_args.model_name_or_path

@@ -17,13 +17,20 @@ from typing import Any
 
 from datasets import Dataset
 from transformers import set_seed
-from trl import ModelConfig, RewardConfig, TrlParser, get_peft_config
+from trl import ModelConfig, RewardConfig, TrlParser
 
 from ..artifacts import save_trainer_stage, start_stage
 from ..configs import DataArguments, RecipeError, parse_stage_args
 from ..data.formats import DataValidationError, load_stage_dataset
 from ..data.preference import to_groups
-from ..modeling import load_tokenizer, resolve_model_path, torch_dtype
+from ..modeling import (
+    is_quantized,
+    load_tokenizer,
+    peft_config_for,
+    resolve_model_path,
+    torch_dtype,
+    trainable_parameters,
+)
 from ..reward_trainer import GroupedPreferenceCollator, GroupedRewardTrainer, plot_calibration, quality_report
 from ..rewards import encode_for_reward, load_reward_model, score_sequences, shift_reward
 
@@ -124,12 +131,10 @@ def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: 
         ref_prompts, ref_completions = reference_pairs(
             training_args.reference_dataset, training_args.reference_max_samples
         )
-    start_stage(training_args.output_dir)
+    start_stage(training_args.output_dir, training_args)  # takes over push_to_hub: one push, when complete
 
     model = load_reward_model(
-        model_args.model_name_or_path,
-        trust_remote_code=training_args.trust_remote_code,
-        dtype=torch_dtype(model_args.dtype),
+        model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code, model_args=model_args
     )
     model.config.pad_token_id = tokenizer.pad_token_id
     training_args.prediction_loss_only = True
@@ -143,10 +148,16 @@ def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: 
         else None,
         processing_class=tokenizer,
         data_collator=GroupedPreferenceCollator(tokenizer.pad_token_id),
-        peft_config=get_peft_config(model_args),
+        peft_config=peft_config_for(model_args, "reward"),
     )
+    if is_quantized(model):  # TRL casts trainable parameters of a k-bit model to bf16; the head meets the
+        for name, param in trainer.model.named_parameters():  # hidden states in the compute dtype
+            if param.requires_grad and ".score." in name:
+                param.data = param.data.to(torch_dtype(model_args.dtype))
+    trainable, total = trainable_parameters(trainer.model)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics: dict[str, Any] = {"train_loss": train_result.training_loss, "format": fmt, **dropped}
+    metrics.update(trainable_parameters=trainable, total_parameters=total)
     model = trainer.model
 
     # Centre: shift the head so the mean reward over the reference set is 0; keep mean/std for the RL stage.

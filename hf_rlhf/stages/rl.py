@@ -20,7 +20,14 @@ from trl import GRPOConfig, ModelConfig, RLOOConfig, TrlParser
 from ..artifacts import finish_stage, read_manifest, start_stage
 from ..configs import DataArguments, RecipeError, parse_stage_args
 from ..data.formats import DataValidationError, dataset_fingerprint, load_stage_dataset
-from ..modeling import load_causal_lm, load_tokenizer, resolve_model_path
+from ..modeling import (
+    is_quantized,
+    load_causal_lm,
+    load_tokenizer,
+    peft_config_for,
+    resolve_model_path,
+    trainable_parameters,
+)
 from ..ppo.config import PPOConfig
 from ..rewards import RewardModelScorer, load_reward_model, resolve_reward_func
 
@@ -65,14 +72,28 @@ def make_parser(prog: str | None = None, algorithm: str = "ppo") -> TrlParser:
     return TrlParser((DataArguments, RLArguments, CONFIGS[algorithm], ModelConfig), prog=prog)
 
 
-def reward_functions(rl_args: RLArguments, training_args) -> tuple[list, list[str], list[float], dict | None]:
-    """The reward model (as a function) and named reward functions, with names, weights and the RM's stats."""
+def reward_functions(
+    rl_args: RLArguments, training_args, model_args: ModelConfig, tokenizer
+) -> tuple[list, list[str], list[float], dict | None]:
+    """The reward model (as a function) and named reward functions, with names, weights and the RM's stats.
+
+    The reward model is loaded with the stage's precision and quantization (a 4-bit policy gets a 4-bit reward
+    model); PPO's `shared_base` layout replaces it by an adapter of the policy's base (see `run_ppo`).
+    """
     funcs, names, stats = [], [], None
     if rl_args.reward_model_path:
-        resolve_model_path(rl_args.reward_model_path, "reward model")
-        funcs.append(RewardModelScorer(rl_args.reward_model_path))
+        reward_dir = resolve_model_path(rl_args.reward_model_path, "reward model")  # a Hub id: its snapshot
+        if not getattr(training_args, "shared_base", False):
+            model = load_reward_model(
+                rl_args.reward_model_path, trust_remote_code=training_args.trust_remote_code, model_args=model_args
+            )
+            funcs.append(
+                RewardModelScorer(model.eval().requires_grad_(False), load_tokenizer(rl_args.reward_model_path))
+            )
+        else:
+            funcs.append(None)  # the shared base's reward adapter, made with the policy
         names.append("reward_model")
-        manifest = read_manifest(rl_args.reward_model_path) or {}
+        manifest = read_manifest(reward_dir) or {}
         stats = manifest.get("metrics", {}).get("reward_centring")
     for name in rl_args.reward_funcs or []:
         try:
@@ -88,32 +109,69 @@ def reward_functions(rl_args: RLArguments, training_args) -> tuple[list, list[st
     return funcs, names, weights, stats
 
 
+def ppo_models(policy, tokenizer, rl_args: RLArguments, training_args, model_args: ModelConfig, funcs: list):
+    """(policy, reference, value model) for PPO in the recipe's layout; fills in the shared reward adapter.
+
+    Full finetuning: a frozen copy of the SFT model is the reference, the value model starts from the reward model.
+    LoRA: the reference is the policy with its adapter disabled (one base). `shared_base`: the value and reward
+    models are adapters of that base too (`hf_rlhf.ppo.roles`).
+    """
+    from peft import get_peft_model
+
+    from ..ppo.roles import check_shared_base, shared_roles
+
+    peft_config = peft_config_for(model_args)
+    quantized = is_quantized(policy)
+    if quantized and peft_config is None:
+        raise RecipeError("a 4/8-bit policy cannot be trained in full: set `use_peft: true` (QLoRA)")
+    value_path = rl_args.value_model_path or rl_args.reward_model_path
+    if training_args.shared_base:
+        if peft_config is None or not rl_args.reward_model_path or rl_args.value_model_path:
+            raise RecipeError("shared_base needs use_peft, a LoRA `reward_model_path` and no `value_model_path`")
+        try:
+            check_shared_base(model_args.model_name_or_path, rl_args.reward_model_path)
+        except ValueError as e:
+            raise RecipeError(str(e)) from e
+        policy = get_peft_model(policy, peft_config)
+        value_model, reward_model = shared_roles(policy, rl_args.reward_model_path)
+        funcs[0] = RewardModelScorer(reward_model, tokenizer)
+        return policy, None, value_model
+    if not value_path:
+        raise RecipeError("ppo needs `value_model_path` or `reward_model_path` to initialise the value model")
+    value_model = load_reward_model(
+        value_path, trust_remote_code=training_args.trust_remote_code, model_args=model_args
+    )
+    value_model.config.pad_token_id = tokenizer.pad_token_id
+    if peft_config is None:
+        ref_policy = load_causal_lm(model_args, tokenizer=tokenizer, trust_remote_code=training_args.trust_remote_code)
+        return policy, ref_policy, value_model
+    value_model = get_peft_model(value_model, peft_config_for(model_args, "value"))
+    return get_peft_model(policy, peft_config), None, value_model
+
+
 def run_ppo(policy, tokenizer, train, rl_args, training_args, model_args, rewards) -> tuple[Any, dict[str, Any]]:
     from ..ppo.plots import plot_training_curves
     from ..ppo.trainer import PPOTrainer
 
     funcs, names, weights, stats = rewards
-    value_path = rl_args.value_model_path or rl_args.reward_model_path
-    if not value_path:
-        raise RecipeError("ppo needs `value_model_path` or `reward_model_path` to initialise the value model")
-    value_model = load_reward_model(value_path)
-    value_model.config.pad_token_id = tokenizer.pad_token_id
-    ref_policy = load_causal_lm(model_args, tokenizer=tokenizer, trust_remote_code=training_args.trust_remote_code)
+    policy, ref_policy, value_model = ppo_models(policy, tokenizer, rl_args, training_args, model_args, funcs)
     trainer = PPOTrainer(
         training_args, policy, ref_policy, value_model, tokenizer, train, funcs, weights, names, stats
     )
+    trainable, total = trainable_parameters(trainer.model)
+    logger.info("PPO trains %d of %d parameters (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
     history = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         plot_training_curves(history, os.path.join(training_args.output_dir, "training_curves.png"))
     last = history[-max(1, len(history) // 10) :]  # the last tenth of the updates
     metrics = {f"final_{k}": sum(h[k] for h in last) / len(last) for k in last[0] if k != "step"}
-    metrics["updates"] = len(history)
+    metrics.update(updates=len(history), trainable_parameters=trainable, total_parameters=total)
     return trainer, {"metrics": metrics, "history": history}
 
 
 def run_trl(algorithm, policy, tokenizer, train, rl_args, training_args, model_args, rewards):
-    from trl import GRPOTrainer, RLOOTrainer, get_peft_config
+    from trl import GRPOTrainer, RLOOTrainer
 
     funcs, names, weights, _ = rewards
     training_args.reward_weights = weights
@@ -124,7 +182,7 @@ def run_trl(algorithm, policy, tokenizer, train, rl_args, training_args, model_a
         args=training_args,
         train_dataset=train,
         processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+        peft_config=peft_config_for(model_args),
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
@@ -161,8 +219,10 @@ def run(data_args: DataArguments, rl_args: RLArguments, training_args, model_arg
         )
     resolve_model_path(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
-    rewards = reward_functions(rl_args, training_args)
-    start_stage(training_args.output_dir)
+    if rl_args.algorithm != "ppo" and getattr(training_args, "shared_base", False):
+        raise RecipeError("shared_base is a PPO layout")
+    rewards = reward_functions(rl_args, training_args, model_args, tokenizer)
+    start_stage(training_args.output_dir, training_args)  # takes over push_to_hub: one push, when complete
 
     policy = load_causal_lm(model_args, tokenizer=tokenizer, trust_remote_code=training_args.trust_remote_code)
     if rl_args.algorithm == "ppo":

@@ -12,12 +12,12 @@ import logging
 import math
 
 from transformers import set_seed
-from trl import ModelConfig, SFTTrainer, TrlParser, get_peft_config
+from trl import ModelConfig, SFTTrainer, TrlParser
 
 from ..artifacts import save_trainer_stage, start_stage
 from ..configs import DataArguments, RecipeError, SFTStageConfig, parse_stage_args
 from ..data.formats import check_sft_dataset, is_conversational_dataset, load_stage_dataset
-from ..modeling import load_causal_lm, load_tokenizer, resolve_model_path
+from ..modeling import load_causal_lm, load_tokenizer, peft_config_for, resolve_model_path, trainable_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: Mod
         )
     if formats["train"] == "conversational" and "{% generation %}" in (tokenizer.chat_template or ""):
         training_args.assistant_only_loss = True
-    start_stage(training_args.output_dir)
+    start_stage(training_args.output_dir, training_args)  # takes over push_to_hub: one push, when complete
 
     model = load_causal_lm(model_args, tokenizer=tokenizer, trust_remote_code=training_args.trust_remote_code)
     trainer = SFTTrainer(
@@ -62,10 +62,12 @@ def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: Mod
         train_dataset=data["train"],
         eval_dataset=data.get("test"),
         processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+        peft_config=peft_config_for(model_args),
     )
+    trainable, total = trainable_parameters(trainer.model)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = {"train_loss": train_result.training_loss, "format": formats["train"]}
+    metrics.update(trainable_parameters=trainable, total_parameters=total)
     if "test" in data:
         eval_loss = trainer.evaluate()["eval_loss"]
         metrics.update(eval_loss=eval_loss, perplexity=math.exp(min(eval_loss, 50)))
