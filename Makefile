@@ -3,7 +3,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 STAMP := .make/installed
 
-.PHONY: install demo test test-slow quality style bench clean
+.PHONY: install demo test test-slow test-distributed quality style bench bench-memory clean
 
 $(STAMP): pyproject.toml
 	@mkdir -p .make
@@ -22,6 +22,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PYTHON) -m pytest -q -m slow
 
+# Every stage with 2 processes on the CPU (accelerate launch, gloo) against 1 process; part of test-slow.
+test-distributed: $(STAMP)
+	$(PYTHON) -m pytest -q -m slow tests/test_distributed.py
+
 quality: $(STAMP)
 	$(PYTHON) -m ruff check hf_rlhf tests bench
 	$(PYTHON) -m ruff format --check hf_rlhf tests bench
@@ -33,6 +37,10 @@ style: $(STAMP)
 bench: $(STAMP)
 	$(PYTHON) bench/run.py $(ARGS)
 	$(PYTHON) bench/ppo/run.py $(ARGS)
+	$(PYTHON) bench/memory/run.py $(ARGS)
+
+bench-memory: $(STAMP)
+	$(PYTHON) bench/memory/run.py $(ARGS)
 
 clean:
 	rm -rf outputs .make .pytest_cache

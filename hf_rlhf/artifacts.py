@@ -244,10 +244,12 @@ def save_trainer_stage(
     """Save a transformers/TRL trainer's model and the tokenizer, then (main process) the card and manifest."""
     from .data.formats import dataset_fingerprint
 
-    trainer.save_model(training_args.output_dir)
-    tokenizer.save_pretrained(training_args.output_dir)
+    if getattr(trainer, "is_fsdp_enabled", False):  # a sharded state dict would save no weights: gather them
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(training_args.output_dir)  # every process takes part (sharded models); one writes
     if not trainer.is_world_process_zero():
         return {}
+    tokenizer.save_pretrained(training_args.output_dir)
     return finish_stage(
         training_args.output_dir,
         stage,

@@ -63,15 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     from .data.formats import DataValidationError
     from .hub import HubError
     from .modeling import ModelNotFoundError
+    from .resilience import INTERRUPTED_EXIT_CODE, NonFiniteLossError, TrainingInterrupted, use_cpu_if_no_accelerator
 
+    use_cpu_if_no_accelerator()  # `accelerate launch` of several processes on a machine without GPUs: CPU + gloo
     target = COMMANDS[name][0]
     if "--dry-run" in rest and name in DRY_RUN_STAGES:  # the stage's plan, without loading it (hf_rlhf.dryrun)
         target, rest = "hf_rlhf.dryrun:stage_main", [name, *rest]
     try:
         _load(target)(rest)
-    except (RecipeError, DataValidationError, ModelNotFoundError, HubError) as e:
+    except (RecipeError, DataValidationError, ModelNotFoundError, HubError, NonFiniteLossError) as e:
         print(f"hf-rlhf {name}: error: {e}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as e:  # SIGTERM: a checkpoint was saved; the message says how to resume
+        print(f"hf-rlhf {name}: interrupted: {e}", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     return 0
 
 

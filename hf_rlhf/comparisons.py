@@ -15,9 +15,10 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict
 
-from .artifacts import finish_stage, start_stage
+from .artifacts import finish_stage, require_complete, start_stage
 from .configs import DataArguments
 from .evaluation import format_prompts, generate
+from .resilience import process_state
 from .rewards import as_messages
 
 LABELERS = ("none", "tiny_world")
@@ -94,6 +95,10 @@ def run(data_args: DataArguments, args: SampleArguments) -> dict[str, Any]:
         )
     prompts = data["train"]["prompt"][: args.max_prompts]
     resolve_model_path(args.model_name_or_path)
+    state = process_state()
+    if not state.is_main_process:  # under `accelerate launch` the main process samples and writes; the rest wait
+        state.wait_for_everyone()
+        return require_complete(args.output_dir)
     start_stage(args.output_dir, args)
 
     model, tokenizer = load_model_for_inference(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
@@ -118,13 +123,15 @@ def run(data_args: DataArguments, args: SampleArguments) -> dict[str, Any]:
     if args.export_jsonl:
         for split, ds in splits.items():
             ds.to_json(os.path.join(args.output_dir, f"comparisons_{split}.jsonl"), lines=True)
-    return finish_stage(
+    manifest = finish_stage(
         args.output_dir,
         "sample",
         configs={"data": data_args, "sample": args},
         inputs={"model": args.model_name_or_path, "dataset": {"name": data_args.dataset_name}},
         metrics={"num_prompts": len(prompts), "num_completions": args.num_completions, "labeler": args.labeler},
     )
+    state.wait_for_everyone()
+    return manifest
 
 
 def _question(prompt: Any) -> str:

@@ -82,14 +82,29 @@ def torch_dtype(name: str | torch.dtype | None) -> torch.dtype | str | None:
 def model_from_config(
     model_type: str, tokenizer: PreTrainedTokenizerBase, config_kwargs: dict[str, Any] | None = None
 ) -> PreTrainedModel:
-    """A randomly initialised causal LM of any `AutoConfig` model type, sized to the tokenizer."""
+    """A randomly initialised causal LM of any `AutoConfig` model type, sized to the tokenizer.
+
+    `config_kwargs` may set a `vocab_size` larger than the tokenizer (e.g. rounded up for speed), never smaller; the
+    special token ids always come from the tokenizer.
+    """
+    from .configs import RecipeError
+
+    kwargs = dict(config_kwargs or {})
+    vocab_size = kwargs.pop("vocab_size", len(tokenizer))
+    if vocab_size < len(tokenizer):
+        raise RecipeError(
+            f"model_config_kwargs.vocab_size={vocab_size} is smaller than the tokenizer ({len(tokenizer)})"
+        )
+    fixed = sorted(k for k in ("pad_token_id", "bos_token_id", "eos_token_id") if k in kwargs)
+    if fixed:
+        raise RecipeError(f"model_config_kwargs: {', '.join(fixed)} come from the tokenizer; remove them")
     config = AutoConfig.for_model(
         model_type,
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        **(config_kwargs or {}),
+        **kwargs,
     )
     return AutoModelForCausalLM.from_config(config)
 
@@ -109,8 +124,18 @@ def quantization_kwargs(model_args: ModelConfig) -> dict[str, Any]:
     from accelerate import PartialState
     from trl import get_quantization_config
 
-    device = PartialState().local_process_index if torch.cuda.is_available() else "cpu"
-    return {"quantization_config": get_quantization_config(model_args), "device_map": {"": device}}
+    if torch.cuda.is_available():
+        return {
+            "quantization_config": get_quantization_config(model_args),
+            "device_map": {"": PartialState().local_process_index},
+        }
+    # On CPU the unquantized tensors (embeddings, head, norms) would stay views into the memory-mapped checkpoint,
+    # which keeps every page of the full-precision file resident: read it once instead, and let it go.
+    return {
+        "quantization_config": get_quantization_config(model_args),
+        "device_map": {"": "cpu"},
+        "disable_mmap": True,
+    }
 
 
 def is_quantized(model: torch.nn.Module) -> bool:

@@ -14,10 +14,12 @@ repos, so a pipeline can start from a middle stage on another machine.
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -25,6 +27,7 @@ from . import comparisons, hub
 from .artifacts import MANIFEST, atomic_write_json, is_complete, read_manifest, require_complete, update_manifest
 from .configs import RecipeError, WorldArguments, check_keys, load_yaml_mapping, to_cli_args
 from .report import EvaluationArguments, build_report, stage_evaluations, write_report
+from .resilience import last_complete_checkpoint, process_state
 from .stages import pretrain, reward, rl, sft
 
 logger = logging.getLogger(__name__)
@@ -170,6 +173,46 @@ def _args_hash(argv: list[str], upstream: list[Any]) -> str:
     return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()[:16]
 
 
+RUN_RECORD = ".hf_rlhf_run.json"  # in a stage directory: the pipeline arguments its current run started with
+
+
+def resumable_checkpoint(stage_dir: str, digest: str) -> str | None:
+    """The newest complete checkpoint of an unfinished run of this stage started with the same arguments, or None."""
+    path = os.path.join(stage_dir, RUN_RECORD)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        if json.load(f).get("pipeline_args_hash") != digest:
+            return None
+    return last_complete_checkpoint(stage_dir)
+
+
+def start_run(stage_dir: str, digest: str) -> None:
+    """A stage starts from scratch: checkpoints of an earlier run (other arguments) go, and its arguments are noted."""
+    old = [d for d in glob.glob(os.path.join(stage_dir, "checkpoint-*")) if os.path.isdir(d)]
+    if old:
+        _say(f"[hf-rlhf] discarding {len(old)} checkpoint(s) of an earlier run in {stage_dir}")
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    atomic_write_json(os.path.join(stage_dir, RUN_RECORD), {"pipeline_args_hash": digest})
+
+
+def on_main(fn: Any, *args: Any) -> Any:
+    """`fn(*args)` run by the main process alone (it writes or pushes), its result handed to every process."""
+    from accelerate.utils import broadcast_object_list
+
+    state = process_state()
+    result = [fn(*args) if state.is_main_process else None]
+    if state.num_processes > 1:
+        broadcast_object_list(result)
+    return result[0]
+
+
+def _say(message: str) -> None:
+    if process_state().is_main_process:
+        print(message)
+
+
 def merged_output(stage_dir: str) -> str:
     """`<stage>-merged`: the stage's LoRA adapter merged into its base, made once per run of the stage; the stages
     after it (and the report) use it. A stage that wrote full weights is used as it is."""
@@ -206,15 +249,17 @@ def _run_pipeline(recipe: PipelineRecipe, overwrite: bool) -> dict[str, Any]:
     if recipe.world is not None:
         from .data.world import WORLD_DATASETS, build_world_datasets, read_world
 
-        existing = read_world(recipe.world.output_dir)
-        if overwrite or existing is None or existing.get("args") != asdict(recipe.world):
-            data = build_world_datasets(recipe.world)
-        else:
-            data = {n: os.path.join(recipe.world.output_dir, n) for n in WORLD_DATASETS}
+        with process_state().main_process_first():  # the main process writes the world, the others read it
+            existing = read_world(recipe.world.output_dir)
+            stale = overwrite or existing is None or existing.get("args") != asdict(recipe.world)
+            if stale and process_state().is_main_process:
+                data = build_world_datasets(recipe.world)
+            else:
+                data = {n: os.path.join(recipe.world.output_dir, n) for n in WORLD_DATASETS}
 
     if recipe.world is not None:
         data["world_seed"] = str(recipe.world.seed)
-    refs = publish_world(recipe, data)  # with `hub.pull`: input name -> "org/name@commit", used instead of dirs
+    refs = on_main(publish_world, recipe, data)  # with `hub.pull`: input name -> "org/name@commit", not dirs
     stage_dirs: dict[str, str] = {}
     for name, spec in STAGES.items():
         if name not in recipe.stages:
@@ -231,13 +276,24 @@ def _run_pipeline(recipe: PipelineRecipe, overwrite: bool) -> dict[str, Any]:
             logger.warning("stage '%s' is already complete in %s; skipping", name, out_dir)
             print(f"[hf-rlhf] {name}: already complete in {out_dir}, skipped")
         else:
-            print(f"[hf-rlhf] {name}: hf-rlhf {name} {' '.join(argv)}")
+            resume = None if overwrite else resumable_checkpoint(out_dir, digest)
+            process_state().wait_for_everyone()  # every process has decided before the main one changes the directory
+            if resume:
+                _say(f"[hf-rlhf] {name}: resuming {name} from {os.path.basename(resume)} (same arguments)")
+                argv = [*argv, "--resume_from_checkpoint", resume]
+            elif process_state().is_main_process:
+                start_run(out_dir, digest)
+            _say(f"[hf-rlhf] {name}: hf-rlhf {name} {' '.join(argv)}")
             module.main(argv)
+            process_state().wait_for_everyone()  # the main process has written the manifest
             manifest = require_complete(out_dir)
-            atomic_write_json(os.path.join(out_dir, MANIFEST), {**manifest, "pipeline_args_hash": digest})
-        stage_dirs[name] = merged_output(out_dir) if recipe.stages[name].get("merge") else out_dir
-        refs.update(publish_stage(recipe, name, out_dir))
+            if process_state().is_main_process:
+                atomic_write_json(os.path.join(out_dir, MANIFEST), {**manifest, "pipeline_args_hash": digest})
+        stage_dirs[name] = on_main(merged_output, out_dir) if recipe.stages[name].get("merge") else out_dir
+        refs.update(on_main(publish_stage, recipe, name, out_dir))
 
+    if not process_state().is_main_process:  # under `accelerate launch`, the main process alone writes the report
+        return {}
     world_seed = recipe.world.seed if recipe.world is not None else None
     report = build_report(recipe.output_dir, recipe.evaluation, stage_dirs, data.get("prompts"), world_seed)
     write_report(report, recipe.output_dir)

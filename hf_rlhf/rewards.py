@@ -37,9 +37,9 @@ def encode_for_reward(tokenizer: PreTrainedTokenizerBase, prompt: Any, completio
     messages = as_messages(prompt)
     if messages is not None or isinstance(completion, list):
         reply = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
-        text = tokenizer.apply_chat_template(
-            (messages or [{"role": "user", "content": prompt}]) + reply, tokenize=False
-        )
+        if messages is None:  # a text prompt with a conversational completion; none at all for implicit prompts
+            messages = [{"role": "user", "content": prompt}] if prompt else []
+        text = tokenizer.apply_chat_template(messages + reply, tokenize=False)
         # Templates end a turn with EOS then a newline; read the reward at the EOS, where PPO places the score.
         if tokenizer.eos_token and text.rstrip().endswith(tokenizer.eos_token):
             text = text.rstrip()

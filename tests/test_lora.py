@@ -237,3 +237,27 @@ def test_compare_puts_runs_side_by_side(quick_pipeline, tmp_path):
     assert open(tmp_path / "c.md").read().strip() == text
     with pytest.raises(SystemExit):
         compare_main([str(tmp_path)])  # no report.json: a usage error, not a traceback
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["pipeline_lora.yaml", "pipeline_qlora.yaml"])
+def test_quick_pipeline_runs_as_the_lora_and_qlora_variants(variant, quick_pipeline, tmp_path):
+    """The quick pipeline with the LoRA / QLoRA variant's stage overrides, compared with the full-precision run."""
+    from hf_rlhf.compare import compare
+    from hf_rlhf.modeling import is_adapter_dir
+    from hf_rlhf.pipeline import load_pipeline_recipe, run_pipeline
+
+    full_dir, _ = quick_pipeline
+    recipe = load_pipeline_recipe(os.path.join(RECIPES, "quick.yaml"), str(tmp_path))
+    variant_stages = load_pipeline_recipe(os.path.join(RECIPES, variant)).stages
+    for name in ("sft", "reward", "rl"):
+        peft = {k: v for k, v in variant_stages[name]["overrides"].items() if k != "learning_rate"}
+        recipe.stages[name]["overrides"] = {**(recipe.stages[name].get("overrides") or {}), **peft}
+    report = run_pipeline(recipe)
+    for name in ("sft", "reward", "rl"):
+        assert is_adapter_dir(str(tmp_path / name))
+        stage = report["stages"][name]
+        assert stage["trainable_parameters"] < stage["total_parameters"] / 2
+    assert [r["model"] for r in report["rows"]][-1] == "RL (PPO)"
+    table = compare([full_dir, str(tmp_path)], ["full", variant])
+    assert table.count("[") >= 2 * len(report["rows"])  # every model row has a gold score in both columns

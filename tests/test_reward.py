@@ -13,7 +13,7 @@ from hf_rlhf.comparisons import ranks_from_scores
 from hf_rlhf.data.formats import DataValidationError
 from hf_rlhf.data.preference import pairs_from_ranking, to_groups
 from hf_rlhf.reward_trainer import GroupedPreferenceCollator, grouped_pairwise_loss, quality_report
-from hf_rlhf.rewards import best_of_n, load_reward_model, score_sequences, shift_reward
+from hf_rlhf.rewards import best_of_n, encode_for_reward, load_reward_model, score_sequences, shift_reward
 from hf_rlhf.stages.reward import RewardStageConfig, encode_groups
 
 
@@ -246,3 +246,19 @@ def test_reward_is_read_at_the_eos_token(world_tokenizer):
     plain = encode_for_reward(world_tokenizer, "What color is the fox? ", "red")
     assert conversational[-1] == plain[-1] == world_tokenizer.eos_token_id
     assert world_tokenizer.convert_tokens_to_ids("<|assistant|>") in conversational
+
+
+def test_implicit_prompt_rows_split_the_shared_messages_off(world_tokenizer):
+    """TRL's implicit-prompt preference rows (no `prompt` column; the conversations share the user turn)."""
+    user = {"role": "user", "content": "What color is the fox?"}
+    row = {
+        "chosen": [user, {"role": "assistant", "content": "The fox is red."}],
+        "rejected": [user, {"role": "assistant", "content": "No idea."}],
+    }
+    groups, dropped, fmt = to_groups(Dataset.from_list([row]), "implicit")
+    assert fmt == "pairwise" and not dropped
+    assert groups[0]["prompt"] == [user]
+    assert groups[0]["completions"] == [row["chosen"][1:], row["rejected"][1:]]
+    ids = encode_for_reward(world_tokenizer, groups[0]["prompt"], groups[0]["completions"][0])
+    explicit = encode_for_reward(world_tokenizer, [user], "The fox is red.")
+    assert ids == explicit  # the same tokens as with an explicit prompt: no empty user turn in front

@@ -86,6 +86,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     from hf_rlhf.stages import reward, rl, sft
 
@@ -96,7 +97,7 @@ def main() -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     baseline = rss_bytes()
     sampler = PeakSampler()
-    hook = torch.optim.optimizer.register_optimizer_step_pre_hook(sampler.start_training)
+    hook = register_optimizer_step_pre_hook(sampler.start_training)
     sampler.start()
     start = time.perf_counter()
     manifest = modules[args.stage].main(argv)

@@ -89,6 +89,17 @@ def _problem(row: dict[str, Any], fmt: str) -> tuple[str, str] | None:
     return None
 
 
+def split_implicit_prompt(prompt: Any, chosen: Any, rejected: Any) -> tuple[Any, Any, Any]:
+    """TRL's implicit-prompt preference rows: without a `prompt`, conversations share their leading messages (the
+    prompt) and differ in the rest. Returns (prompt, chosen, rejected) with the shared messages as the prompt."""
+    if prompt is not None or not (isinstance(chosen, list) and isinstance(rejected, list)):
+        return ("" if prompt is None else prompt), chosen, rejected
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+        shared += 1
+    return chosen[:shared], chosen[shared:], rejected[shared:]
+
+
 def to_groups(
     dataset: Dataset, where: str, on_invalid: str = "error"
 ) -> tuple[list[dict[str, Any]], dict[str, int], str]:
@@ -119,10 +130,11 @@ def to_groups(
             dropped[reason] += 1
             continue
         if fmt == "pairwise":
+            prompt, chosen, rejected = split_implicit_prompt(row.get("prompt"), row["chosen"], row["rejected"])
             groups.append(
                 {
-                    "prompt": row.get("prompt", ""),
-                    "completions": [row["chosen"], row["rejected"]],
+                    "prompt": prompt,
+                    "completions": [chosen, rejected],
                     "pairs": [(0, 1)],
                     "margins": [float(row["margin"]) if row.get("margin") is not None else 0.0],
                     "ranks": [1, 2],

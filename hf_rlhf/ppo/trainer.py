@@ -17,6 +17,7 @@ by `hf_rlhf.rewards.encode_for_reward`), and vLLM generation.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -29,11 +30,19 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
 from ..evaluation import format_prompts
+from ..resilience import (
+    NonFiniteLossError,
+    StopRequest,
+    TrainingInterrupted,
+    interrupted_message,
+    mark_checkpoint_complete,
+)
 from ..rewards import RewardFunction
 from . import core
 from .config import PPOConfig
@@ -155,7 +164,10 @@ class PPOTrainer:
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             cpu=args.use_cpu,
             log_with=[r for r in (args.report_to or []) if r != "none"] or None,
+            step_scheduler_with_optimizer=False,  # stepped once per optimizer step, not once per process
         )
+        if self.accelerator.num_processes > 1:  # each process samples its own responses: seed + process index
+            set_seed(args.seed, device_specific=True)
         for model in (policy, value_model, ref_policy):
             if model is not None:
                 core.disable_dropout(model)
@@ -363,7 +375,8 @@ class PPOTrainer:
         if self.accelerator.sync_gradients and args.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
         self.optimizer.step()
-        self.scheduler.step()
+        if self.accelerator.sync_gradients and not self.accelerator.optimizer_step_was_skipped:
+            self.scheduler.step()
         self.optimizer.zero_grad()
         out = {"loss/policy": pg_loss.item(), "loss/value": vf_loss.item()}
         out.update({f"policy/{k}": v.item() for k, v in pg_stats.items()})
@@ -390,7 +403,15 @@ class PPOTrainer:
         return {k: v.item() for k, v in zip(local, reduced, strict=True)}
 
     def train(self, resume_from_checkpoint: str | bool | None = None) -> list[dict[str, float]]:
-        """Run `max_steps` PPO updates; returns the logged history."""
+        """Run `max_steps` PPO updates; returns the logged history.
+
+        A non-finite statistic stops with `NonFiniteLossError` before anything is saved from that state; SIGTERM stops
+        at the end of the update every process agrees on, saves a checkpoint and raises `TrainingInterrupted`
+        (`hf_rlhf.resilience`).
+        """
+        if self.accelerator.is_main_process:  # a checkpoint whose saving was cut short (never renamed)
+            for path in glob.glob(os.path.join(self.args.output_dir, "checkpoint-*.tmp")):
+                shutil.rmtree(path, ignore_errors=True)
         if self.args.report_to and self.args.report_to != ["none"] and self.accelerator.log_with:
             self.accelerator.init_trackers(self.args.run_name or "hf_rlhf_ppo", config=self.args.to_sanitized_dict())
         batches = self.prompt_batches()
@@ -404,34 +425,65 @@ class PPOTrainer:
             desc="PPO updates",
             disable=self.args.disable_tqdm or not self.accelerator.is_main_process,
         )
-        while self.global_step < self.num_updates:
-            start = time.perf_counter()
-            rollout = self.compute_advantages(self.score(self.rollout(next(batches))))
-            metrics = self.rollout_metrics(rollout)
-            update_stats = self.update(rollout)
-            reduced = self.accelerator.reduce(
-                torch.tensor(list(update_stats.values()), device=self.accelerator.device), "mean"
-            )
-            metrics.update(zip(update_stats, reduced.tolist(), strict=True))
-            self.kl_ctl.update(metrics["kl"], self.args.rollout_batch_size * self.accelerator.num_processes)
-            self.global_step += 1
-            metrics.update(
-                step=self.global_step,
-                kl_coef=self.kl_ctl.value,
-                lr=self.scheduler.get_last_lr()[0],
-                seconds_per_update=time.perf_counter() - start,
-            )
-            if not all(math.isfinite(v) for v in metrics.values()):
-                raise FloatingPointError(f"non-finite PPO statistics at update {self.global_step}: {metrics}")
-            self.history.append(metrics)
-            if self.global_step % max(1, int(self.args.logging_steps)) == 0:
-                self.log(metrics)
-            bar.update(1)
-            if self.args.save_strategy == "steps" and self.global_step % self.args.save_steps == 0:
-                self.save_checkpoint()
+        stop = StopRequest()
+        with stop.on_sigterm():
+            while self.global_step < self.num_updates:
+                self.run_update(batches)
+                bar.update(1)
+                if self.args.save_strategy == "steps" and self.global_step % self.args.save_steps == 0:
+                    self.save_checkpoint()
+                if self.agree_to_stop(stop.requested):
+                    saved = os.path.join(self.args.output_dir, f"checkpoint-{self.global_step}")
+                    if not os.path.isfile(os.path.join(saved, STATE_FILE)):
+                        saved = self.save_checkpoint()
+                    raise TrainingInterrupted(
+                        interrupted_message(self.args.output_dir, self.global_step, self.num_updates, saved)
+                    )
         bar.close()
-        self.accelerator.end_training()
+        for tracker in self.accelerator.trackers:  # not `end_training()`: it destroys the process group, which
+            tracker.finish()  # saving the model and the later stages of a pipeline still use
         return self.history
+
+    def run_update(self, batches) -> dict[str, float]:
+        """One PPO update (rollout, score, advantages, optimisation) on the next prompts; logs and returns metrics."""
+        start = time.perf_counter()
+        rollout = self.compute_advantages(self.score(self.rollout(next(batches))))
+        metrics = self.rollout_metrics(rollout)
+        update_stats = self.update(rollout)
+        reduced = self.accelerator.reduce(
+            torch.tensor(list(update_stats.values()), device=self.accelerator.device), "mean"
+        )
+        metrics.update(zip(update_stats, reduced.tolist(), strict=True))
+        self.kl_ctl.update(metrics["kl"], self.args.rollout_batch_size * self.accelerator.num_processes)
+        self.global_step += 1
+        metrics.update(
+            step=self.global_step,
+            kl_coef=self.kl_ctl.value,
+            lr=self.scheduler.get_last_lr()[0],
+            seconds_per_update=time.perf_counter() - start,
+        )
+        if not all(math.isfinite(v) for v in metrics.values()):  # reduced: every process agrees
+            raise NonFiniteLossError(self.nonfinite_message(metrics))
+        self.history.append(metrics)
+        if self.global_step % max(1, int(self.args.logging_steps)) == 0:
+            self.log(metrics)
+        return metrics
+
+    def agree_to_stop(self, requested: bool) -> bool:
+        """Whether any process was asked to stop (SIGTERM); every process gets the same answer."""
+        flag = torch.tensor(float(requested), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum") > 0)
+
+    def nonfinite_message(self, metrics: dict[str, float]) -> str:
+        bad = ", ".join(f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v))
+        kept = self.checkpoints()
+        kept = f"the last good checkpoint, {kept[-1]}, is kept" if kept else "no checkpoint had been saved before it"
+        return (
+            f"{self.args.output_dir}: non-finite PPO statistics at update {self.global_step} ({bad}). Training "
+            f"stopped; no checkpoint or model was saved from this state and the stage is not complete; {kept}. Try "
+            "a lower learning_rate, max_grad_norm, a larger kl_coef, reward_clip or normalize_reward, or check the "
+            "reward functions for NaN/inf; a run resumed with the same settings may diverge again."
+        )
 
     def log(self, metrics: dict[str, float]) -> None:
         if self.accelerator.log_with:
@@ -451,10 +503,12 @@ class PPOTrainer:
             shutil.rmtree(tmp)
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(tmp, safe_serialization=True)
+        self.accelerator.wait_for_everyone()  # every process's RNG state is in `tmp` before it is renamed
         if self.accelerator.is_main_process:
             state = {"global_step": self.global_step, "kl_ctl": self.kl_ctl.state_dict(), "history": self.history}
             with open(os.path.join(tmp, STATE_FILE), "w") as f:
                 json.dump(state, f)
+            mark_checkpoint_complete(tmp, self.global_step)  # flushed to disk before the rename makes it visible
             if os.path.exists(final):
                 shutil.rmtree(final)
             os.replace(tmp, final)

@@ -18,6 +18,7 @@ from ..artifacts import save_trainer_stage, start_stage
 from ..configs import DataArguments, PretrainConfig, RecipeError, parse_stage_args
 from ..data.formats import check_text_dataset, load_stage_dataset
 from ..modeling import load_causal_lm, load_tokenizer, model_from_config, resolve_model_path, sync_model_to_tokenizer
+from ..resilience import resilient
 from ..tokenizer import train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -78,8 +79,14 @@ def run(data_args: DataArguments, training_args: PretrainConfig, model_args: Mod
     tokenizer_source = training_args.tokenizer_name_or_path or model_args.model_name_or_path
     if tokenizer_source:
         tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=training_args.trust_remote_code)
-    else:
-        tokenizer = train_bpe_tokenizer(data["train"][training_args.text_column], training_args.vocab_size)
+    else:  # trained by the main process; the others load its copy, so every process has the same token ids
+        with training_args.main_process_first(local=False, desc="training the tokenizer"):
+            if training_args.process_index == 0:
+                tokenizer = train_bpe_tokenizer(data["train"][training_args.text_column], training_args.vocab_size)
+                if training_args.world_size > 1:
+                    tokenizer.save_pretrained(training_args.output_dir)
+            else:
+                tokenizer = load_tokenizer(training_args.output_dir)
 
     if training_args.model_type:
         model = model_from_config(training_args.model_type, tokenizer, training_args.model_config_kwargs)
@@ -97,7 +104,7 @@ def run(data_args: DataArguments, training_args: PretrainConfig, model_args: Mod
             f"dataset '{data_args.dataset_name}' has fewer tokens than one block of {training_args.block_size}"
         )
 
-    trainer = Trainer(
+    trainer = resilient(Trainer)(  # complete checkpoints, NaN/inf loss stop, SIGTERM (hf_rlhf.resilience)
         model=model,
         args=training_args,
         train_dataset=blocks["train"],

@@ -31,6 +31,7 @@ from ..modeling import (
     torch_dtype,
     trainable_parameters,
 )
+from ..resilience import resilient
 from ..reward_trainer import GroupedPreferenceCollator, GroupedRewardTrainer, plot_calibration, quality_report
 from ..rewards import encode_for_reward, load_reward_model, score_sequences, shift_reward
 
@@ -139,7 +140,7 @@ def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: 
     model.config.pad_token_id = tokenizer.pad_token_id
     training_args.prediction_loss_only = True
     columns = ["input_ids", "pairs", "margins"]
-    trainer = GroupedRewardTrainer(
+    trainer = resilient(GroupedRewardTrainer)(  # complete checkpoints, NaN/inf loss stop, SIGTERM
         model=model,
         args=training_args,
         train_dataset=Dataset.from_list([{k: g[k] for k in columns} for g in encoded["train"]]),

@@ -29,6 +29,7 @@ from ..modeling import (
     trainable_parameters,
 )
 from ..ppo.config import PPOConfig
+from ..resilience import resilient
 from ..rewards import RewardModelScorer, load_reward_model, resolve_reward_func
 
 logger = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ def run_trl(algorithm, policy, tokenizer, train, rl_args, training_args, model_a
 
     funcs, names, weights, _ = rewards
     training_args.reward_weights = weights
-    trainer_cls = GRPOTrainer if algorithm == "grpo" else RLOOTrainer
+    trainer_cls = resilient(GRPOTrainer if algorithm == "grpo" else RLOOTrainer)  # see hf_rlhf.resilience
     trainer = trainer_cls(
         model=policy,
         reward_funcs=[trl_reward(f, n) for f, n in zip(funcs, names, strict=True)],
@@ -186,7 +187,8 @@ def run_trl(algorithm, policy, tokenizer, train, rl_args, training_args, model_a
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
-    tokenizer.save_pretrained(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(training_args.output_dir)
     history = [h for h in trainer.state.log_history if "reward" in h]
     return trainer, {
         "metrics": {"train_loss": result.training_loss, "updates": trainer.state.global_step},

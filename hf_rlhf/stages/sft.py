@@ -18,6 +18,7 @@ from ..artifacts import save_trainer_stage, start_stage
 from ..configs import DataArguments, RecipeError, SFTStageConfig, parse_stage_args
 from ..data.formats import check_sft_dataset, is_conversational_dataset, load_stage_dataset
 from ..modeling import load_causal_lm, load_tokenizer, peft_config_for, resolve_model_path, trainable_parameters
+from ..resilience import resilient
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: Mod
     start_stage(training_args.output_dir, training_args)  # takes over push_to_hub: one push, when complete
 
     model = load_causal_lm(model_args, tokenizer=tokenizer, trust_remote_code=training_args.trust_remote_code)
-    trainer = SFTTrainer(
+    trainer = resilient(SFTTrainer)(  # complete checkpoints, NaN/inf loss stop, SIGTERM (hf_rlhf.resilience)
         model=model,
         args=training_args,
         train_dataset=data["train"],
