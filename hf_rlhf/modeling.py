@@ -219,7 +219,17 @@ def merge_adapter(path: str, model_class: type, *, model_args: ModelConfig | Non
     base = load_pretrained(model_class, adapter_base(path), model_args=model_args, quantize=False, **kwargs)
     peft_model = PeftModel.from_pretrained(base, path, is_trainable=False)
     restore_score_bias(peft_model, path)
-    return peft_model.merge_and_unload()
+    model = peft_model.merge_and_unload()
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if (
+        head is not None
+        and getattr(model.config, "tie_word_embeddings", False)
+        and head.weight is not embeddings.weight
+    ):
+        # the adapter trained the LM head (modules_to_save) apart from the tied input embeddings: keep them apart,
+        # or saving and loading would tie the trained head back to the untrained embeddings
+        model.config.tie_word_embeddings = False
+    return model
 
 
 def adapter_task(path: str) -> str | None:
@@ -323,7 +333,8 @@ def peft_config_for(model_args: ModelConfig, role: str = "causal_lm"):
     if config is None or role == "causal_lm":
         return config
     config.task_type = "SEQ_CLS"
-    config.modules_to_save = sorted({*(config.modules_to_save or []), "score"})
+    # a sequence-classification model has no LM head: `lm_head` in a shared recipe's modules_to_save is the policy's
+    config.modules_to_save = sorted({*(config.modules_to_save or []), "score"} - {"lm_head"})
     return config
 
 

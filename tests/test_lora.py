@@ -33,7 +33,7 @@ def lora_chain(quick_pipeline, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lora")
     sft.main(["--config", os.path.join(RECIPES, "sft.yaml"), "--model_name_or_path", os.path.join(out, "pretrain"),
               "--dataset_name", os.path.join(out, "data", "demonstrations"), "--output_dir", str(tmp / "sft"),
-              "--max_steps", "4", "--learning_rate", "5e-3", *LORA])  # fmt: skip
+              "--max_steps", "4", "--learning_rate", "5e-3", *LORA, "--lora_modules_to_save", "lm_head"])  # fmt: skip
     reward.main(["--config", os.path.join(RECIPES, "reward.yaml"), "--model_name_or_path", str(tmp / "sft"),
                  "--dataset_name", os.path.join(out, "sample"), "--output_dir", str(tmp / "reward"),
                  "--reference_dataset", os.path.join(out, "data", "demonstrations"), "--max_steps", "3", *LORA])  # fmt: skip
@@ -52,7 +52,8 @@ def test_sft_and_reward_write_adapters_that_name_their_base(lora_chain):
         manifest = require_complete(str(path))
         assert 0 < manifest["metrics"]["trainable_parameters"] < manifest["metrics"]["total_parameters"] / 2
         weights = tensors(str(path))
-        assert all("lora_" in k or ".score." in k for k in weights)  # adapter (and the reward head) only
+        # adapter only, and the fully trained modules: the reward head, the SFT model's (tied) LM head
+        assert all("lora_" in k or ".score." in k or "lm_head" in k for k in weights)
         assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())  # trained: B starts at zero
     assert json.load(open(tmp / "reward" / "adapter_config.json"))["task_type"] == "SEQ_CLS"
     assert {k for k in adapter_keys(str(tmp / "reward")) if ".score." in k} == {
