@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..modeling import ADAPTER_CONFIG, adapter_base, is_adapter_dir
+from ..modeling import adapter_base, is_adapter_dir
 
 HEAD_FILE = "score.safetensors"
 
@@ -40,11 +40,9 @@ def active_adapter(model: nn.Module, name: str) -> Iterator[None]:
     previous = model.active_adapter
     with kept_trainable(model):
         model.set_adapter(name)
-    try:
-        with kept_trainable(model):
+        try:
             yield
-    finally:
-        with kept_trainable(model):
+        finally:
             model.set_adapter(previous)
 
 
@@ -146,9 +144,7 @@ def add_scalar_adapter(peft_model: nn.Module, reward_path: str, name: str, train
 
 def shared_roles(peft_policy: nn.Module, reward_path: str) -> tuple[AdapterScalarModel, AdapterScalarModel]:
     """The value role (trainable, initialised from the reward adapter) and the reward role (frozen) on the policy's
-    base. `reward_path` must be a LoRA reward adapter trained on the policy's base model."""
-    if not os.path.isfile(os.path.join(reward_path, ADAPTER_CONFIG)):
-        raise ValueError(f"'{reward_path}' is not a LoRA reward adapter")
+    base. `reward_path` must be a LoRA reward adapter trained on the policy's base model (`check_shared_base`)."""
     flags = {n: p.requires_grad for n, p in peft_policy.named_parameters()}
     value = add_scalar_adapter(peft_policy, reward_path, "value", trainable=True)
     reward = add_scalar_adapter(peft_policy, reward_path, "reward", trainable=False)
