@@ -13,16 +13,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "world": ("hf_rlhf.data.world:main", "Generate the tiny world's datasets (documents, demonstrations, prompts)."),
     "pretrain": ("hf_rlhf.stages.pretrain:main", "Stage 1: pretrain a causal LM on raw documents."),
     "sft": ("hf_rlhf.stages.sft:main", "Stage 2: supervised finetuning on demonstrations (TRL SFTTrainer)."),
-    "sample": ("hf_rlhf.comparisons:main", "Write K completions per prompt for ranking (comparison collection)."),
+    "sample": ("hf_rlhf.stages.sample:main", "Write K completions per prompt for ranking (comparison collection)."),
     "reward": ("hf_rlhf.stages.reward:main", "Stage 3: reward modeling on comparisons (TRL RewardTrainer)."),
     "rl": ("hf_rlhf.stages.rl:main", "Stage 4: RL against the reward model (PPO, or GRPO / RLOO via TRL)."),
-    "score": ("hf_rlhf.rewards:main", "Score (prompt, response) rows with a reward model."),
+    "score": ("hf_rlhf.reward.scorer:main", "Score (prompt, response) rows with a reward model."),
     "generate": (
-        "hf_rlhf.evaluation:main",
+        "hf_rlhf.eval.generation:main",
         "Sample completions from a model, optionally best-of-N with a reward model.",
     ),
     "merge": ("hf_rlhf.merge:main", "Merge a LoRA stage output into its base: a full model for deployment."),
-    "compare": ("hf_rlhf.compare:main", "Pipeline reports side by side (e.g. full precision, LoRA, QLoRA)."),
+    "compare": ("hf_rlhf.eval.compare:main", "Pipeline reports side by side (e.g. full precision, LoRA, QLoRA)."),
     "pipeline": ("hf_rlhf.pipeline:main", "Run the stages of a pipeline recipe in order and write the report."),
     "push": (
         "hf_rlhf.hub:main",
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
 
     use_cpu_if_no_accelerator()  # `accelerate launch` of several processes on a machine without GPUs: CPU + gloo
     target = COMMANDS[name][0]
-    if "--dry-run" in rest and name in DRY_RUN_STAGES:  # the stage's plan, without loading it (hf_rlhf.dryrun)
-        target, rest = "hf_rlhf.dryrun:stage_main", [name, *rest]
+    if "--dry-run" in rest and name in DRY_RUN_STAGES:  # the stage's plan, without loading it (hf_rlhf.plan.dryrun)
+        target, rest = "hf_rlhf.plan.dryrun:stage_main", [name, *rest]
     try:
         _load(target)(rest)
     except (RecipeError, DataValidationError, ModelNotFoundError, HubError, NonFiniteLossError) as e:

@@ -15,6 +15,7 @@ import tempfile
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -29,6 +30,7 @@ from .tokenizer import PAD_TOKEN
 
 logger = logging.getLogger(__name__)
 ADAPTER_CONFIG = "adapter_config.json"
+SCORE_BIAS_FLAG = "hf_rlhf_score_bias"  # config attribute: the head carries a bias saved as `score.bias`
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -257,15 +259,54 @@ def merged_model_dir(path: str, trust_remote_code: bool = False) -> str:
     return _MERGED_DIRS[key]
 
 
+def reward_head(model: PreTrainedModel) -> nn.Linear:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = getattr(base, "score", None)
+    if not isinstance(head, nn.Module):
+        raise ValueError(
+            f"{type(base).__name__} has no `score` head; reward models need a sequence-classification head"
+        )
+    # peft wraps modules_to_save in a ModulesToSaveWrapper; the trained copy is what scores
+    saved = getattr(head, "modules_to_save", None)
+    return saved["default"] if saved is not None and "default" in saved else head
+
+
+def load_reward_model(
+    path: str, *, trust_remote_code: bool = False, dtype: Any = None, model_args: Any = None
+) -> PreTrainedModel:
+    """Load a reward (or value) model: `AutoModelForSequenceClassification` with one label, safetensors only.
+
+    `path` is a full reward model or a LoRA reward adapter (merged into its base). `model_args` (TRL's
+    `ModelConfig`) may ask for dtype and 4/8-bit quantization. Restores the head bias written by `shift_reward`.
+    """
+    from transformers.utils import logging as hf_logging
+    from trl import ModelConfig
+
+    path = resolve_model_path(path, "reward model")
+    model_args = model_args or ModelConfig(dtype=dtype)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # `score.bias` would be reported as unexpected; it is restored below
+    try:
+        model = load_pretrained(
+            AutoModelForSequenceClassification,
+            path,
+            model_args=model_args,
+            trust_remote_code=trust_remote_code,
+            num_labels=1,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    restore_score_bias(model, path)
+    return model
+
+
 def restore_score_bias(model: torch.nn.Module, path: str) -> None:
-    """Put back a score-head bias saved by `hf_rlhf.rewards.shift_reward` that `from_pretrained` does not load.
+    """Put back a score-head bias saved by `hf_rlhf.reward.scorer.shift_reward` that `from_pretrained` does not load.
 
     Reward centring adds a bias to heads that have none (`score.bias`); transformers and peft drop such unexpected
     keys, so it is read from the safetensors file (full model or adapter) and set on the head.
     """
     from safetensors import safe_open
-
-    from .rewards import reward_head
 
     for name in ("model.safetensors", "adapter_model.safetensors"):
         weights = os.path.join(path, name)

@@ -23,12 +23,12 @@ import shutil
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from . import comparisons, hub
-from .artifacts import MANIFEST, atomic_write_json, is_complete, read_manifest, require_complete, update_manifest
+from . import hub
 from .configs import RecipeError, WorldArguments, check_keys, load_yaml_mapping, to_cli_args
-from .report import EvaluationArguments, build_report, stage_evaluations, write_report
+from .eval.report import EvaluationArguments, build_report, stage_evaluations, write_report
+from .manifest import MANIFEST, atomic_write_json, is_complete, read_manifest, require_complete, update_manifest
 from .resilience import last_complete_checkpoint, process_state
-from .stages import pretrain, reward, rl, sft
+from .stages import pretrain, reward, rl, sample, sft
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class StageSpec:
 STAGES: dict[str, StageSpec] = {
     "pretrain": StageSpec(pretrain, data_from="documents"),
     "sft": StageSpec(sft, model_from="pretrain", data_from="demonstrations"),
-    "sample": StageSpec(comparisons, model_from="sft", data_from="prompts", wired=(("world_seed", "world_seed"),)),
+    "sample": StageSpec(sample, model_from="sft", data_from="prompts", wired=(("world_seed", "world_seed"),)),
     "reward": StageSpec(
         reward, model_from="sft", data_from="sample", wired=(("reference_dataset", "demonstrations"),)
     ),
@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--gpu_memory_gb", type=float, help="--dry-run: GPU memory per device, GiB (default 80).")
     args = parser.parse_args(argv)
     if args.dry_run:
-        from .dryrun import plan_pipeline
+        from .plan.dryrun import plan_pipeline
 
         plan = plan_pipeline(args.recipe, args.output_dir, args.accelerate_config, args.gpu_memory_gb)
         print(plan.format())

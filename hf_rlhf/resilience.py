@@ -137,7 +137,7 @@ def _fsync_dir(path: str) -> None:
 
 def mark_checkpoint_complete(path: str, step: int) -> None:
     """Flush the checkpoint's files, then write its marker (temporary file, fsync, rename): the last thing written."""
-    from .artifacts import atomic_write_json
+    from .manifest import atomic_write_json
 
     fsync_tree(path)
     atomic_write_json(

@@ -19,7 +19,7 @@ import yaml
 from safetensors.torch import load_file
 
 from hf_rlhf import cli
-from hf_rlhf.artifacts import MANIFEST, is_complete, read_manifest
+from hf_rlhf.manifest import MANIFEST, is_complete, read_manifest
 from hf_rlhf.resilience import complete_checkpoints
 
 from .conftest import RECIPES, REPO

@@ -8,9 +8,9 @@ import socket
 import pytest
 
 from hf_rlhf import cli
-from hf_rlhf.dryrun import Context, DryRunError, architecture, plan_pipeline, plan_stage, read_launch
-from hf_rlhf.known_models import MODELS
 from hf_rlhf.pipeline import STAGES
+from hf_rlhf.plan.dryrun import Context, DryRunError, architecture, plan_pipeline, plan_stage, read_launch
+from hf_rlhf.plan.known_models import MODELS
 
 from .conftest import RECIPES
 
@@ -114,7 +114,7 @@ def _total(argv, launch=None) -> float:
 def test_lora_counts_from_two_layers_equal_peft_on_the_whole_model():
     from trl import ModelConfig
 
-    from hf_rlhf.dryrun import _meta_model, _peft, _peft_counts
+    from hf_rlhf.plan.dryrun import _meta_model, _peft, _peft_counts
 
     arch = architecture("HuggingFaceTB/SmolLM2-135M")
     for role, head in (("causal_lm", "lm"), ("reward", "reward")):
@@ -259,7 +259,7 @@ def test_activation_formula_matches_what_autograd_saves(dtype):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from hf_rlhf.dryrun import Architecture, layer_activations
+    from hf_rlhf.plan.dryrun import Architecture, layer_activations
 
     config = AutoConfig.for_model(
         "llama", hidden_size=256, intermediate_size=704, num_hidden_layers=2, num_attention_heads=4,

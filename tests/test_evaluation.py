@@ -1,6 +1,6 @@
 import pytest
 
-from hf_rlhf.evaluation import bootstrap_ci
+from hf_rlhf.eval.generation import bootstrap_ci
 
 
 def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_n():

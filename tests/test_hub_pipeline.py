@@ -10,7 +10,7 @@ import yaml
 from huggingface_hub import ModelCard, hf_hub_download
 
 from hf_rlhf import hub
-from hf_rlhf.artifacts import require_complete
+from hf_rlhf.manifest import require_complete
 from hf_rlhf.pipeline import load_pipeline_recipe, run_pipeline
 
 from .conftest import RECIPES

@@ -41,7 +41,7 @@ def lora_chain(quick_pipeline, tmp_path_factory):
 
 
 def test_sft_and_reward_write_adapters_that_name_their_base(lora_chain):
-    from hf_rlhf.artifacts import require_complete
+    from hf_rlhf.manifest import require_complete
 
     out, tmp = lora_chain
     for stage, base in (("sft", os.path.join(out, "pretrain")), ("reward", str(tmp / "sft"))):
@@ -67,8 +67,7 @@ def test_merge_round_trip_matches_the_adapter_model(lora_chain, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from hf_rlhf.merge import main as merge_main
-    from hf_rlhf.modeling import load_pretrained, restore_score_bias
-    from hf_rlhf.rewards import load_reward_model
+    from hf_rlhf.modeling import load_pretrained, load_reward_model, restore_score_bias
 
     out, tmp = lora_chain
     ids = torch.randint(5, 300, (3, 20))
@@ -169,7 +168,7 @@ def trainer_model_args(tmp):
 
 def test_qlora_4bit_through_sft_reward_and_ppo_on_one_base(quick_pipeline, tmp_path):
     """4-bit QLoRA (bitsandbytes on CPU): SFT, a reward model on it, and PPO with every role on one 4-bit base."""
-    from hf_rlhf.artifacts import require_complete
+    from hf_rlhf.manifest import require_complete
     from hf_rlhf.stages import reward, rl, sft
 
     out, _ = quick_pipeline
@@ -210,7 +209,7 @@ def test_lora_and_layout_errors_are_clear(lora_chain, quick_pipeline, tmp_path):
 def test_pipeline_merges_an_adapter_stage_once_when_asked(lora_chain, tmp_path):
     import shutil
 
-    from hf_rlhf.artifacts import require_complete
+    from hf_rlhf.manifest import require_complete
     from hf_rlhf.modeling import is_adapter_dir
     from hf_rlhf.pipeline import merged_output
 
@@ -228,7 +227,7 @@ def test_pipeline_merges_an_adapter_stage_once_when_asked(lora_chain, tmp_path):
 
 
 def test_compare_puts_runs_side_by_side(quick_pipeline, tmp_path):
-    from hf_rlhf.compare import main as compare_main
+    from hf_rlhf.eval.compare import main as compare_main
 
     out, report = quick_pipeline
     text = compare_main([out, out, "--labels", "full", "again", "--output", str(tmp_path / "c.md")])
@@ -244,7 +243,7 @@ def test_compare_puts_runs_side_by_side(quick_pipeline, tmp_path):
 @pytest.mark.parametrize("variant", ["pipeline_lora.yaml", "pipeline_qlora.yaml"])
 def test_quick_pipeline_runs_as_the_lora_and_qlora_variants(variant, quick_pipeline, tmp_path):
     """The quick pipeline with the LoRA / QLoRA variant's stage overrides, compared with the full-precision run."""
-    from hf_rlhf.compare import compare
+    from hf_rlhf.eval.compare import compare
     from hf_rlhf.modeling import is_adapter_dir
     from hf_rlhf.pipeline import load_pipeline_recipe, run_pipeline
 

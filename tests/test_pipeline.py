@@ -7,7 +7,7 @@ import os
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_rlhf.artifacts import MANIFEST, IncompleteStageError, require_complete
+from hf_rlhf.manifest import MANIFEST, IncompleteStageError, require_complete
 from hf_rlhf.pipeline import load_pipeline_recipe, run_pipeline
 
 from .conftest import RECIPES

@@ -90,8 +90,7 @@ def test_temperature_is_applied_to_policy_and_reference(tiny, tmp_path):
 def test_ppo_raises_the_reward_while_kl_stays_bounded(quick_pipeline, tmp_path):
     from datasets import load_from_disk
 
-    from hf_rlhf.modeling import load_model_for_inference
-    from hf_rlhf.rewards import load_reward_model
+    from hf_rlhf.modeling import load_model_for_inference, load_reward_model
 
     out, _ = quick_pipeline
     policy, tokenizer = load_model_for_inference(os.path.join(out, "sft"))
@@ -152,7 +151,7 @@ def test_save_total_limit_and_resume_without_checkpoint(tiny, tmp_path):
 def test_rl_stage_runs_each_algorithm(algorithm, quick_pipeline, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from hf_rlhf.artifacts import require_complete
+    from hf_rlhf.manifest import require_complete
     from hf_rlhf.stages import rl
 
     out, _ = quick_pipeline

@@ -16,7 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback
 
 import hf_rlhf.ppo.trainer as ppo_trainer
 from hf_rlhf import cli, resilience
-from hf_rlhf.artifacts import MANIFEST, is_complete
+from hf_rlhf.manifest import MANIFEST, is_complete
 from hf_rlhf.resilience import NonFiniteLossError, TrainingInterrupted, complete_checkpoints, resilient
 
 from .conftest import REPO

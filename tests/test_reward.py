@@ -9,12 +9,13 @@ import torch
 from datasets import Dataset
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from hf_rlhf.comparisons import ranks_from_scores
 from hf_rlhf.data.formats import DataValidationError
 from hf_rlhf.data.preference import pairs_from_ranking, to_groups
-from hf_rlhf.reward_trainer import GroupedPreferenceCollator, grouped_pairwise_loss, quality_report
-from hf_rlhf.rewards import best_of_n, encode_for_reward, load_reward_model, score_sequences, shift_reward
+from hf_rlhf.modeling import load_reward_model
+from hf_rlhf.reward.scorer import best_of_n, encode_for_reward, score_sequences, shift_reward
+from hf_rlhf.reward.trainer import GroupedPreferenceCollator, grouped_pairwise_loss, quality_report
 from hf_rlhf.stages.reward import RewardStageConfig, encode_groups
+from hf_rlhf.stages.sample import ranks_from_scores
 
 
 def ranked(completions, ranking, prompt="q"):
@@ -240,7 +241,7 @@ def test_hand_ranked_jsonl_round_trip(quick_pipeline, tmp_path):
 
 
 def test_reward_is_read_at_the_eos_token(world_tokenizer):
-    from hf_rlhf.rewards import encode_for_reward
+    from hf_rlhf.reward.scorer import encode_for_reward
 
     conversational = encode_for_reward(world_tokenizer, [{"role": "user", "content": "What color is the fox?"}], "red")
     plain = encode_for_reward(world_tokenizer, "What color is the fox? ", "red")

@@ -62,7 +62,7 @@ def build_hf_rlhf(s: common.Settings, models: dict, tokenizer, output_dir: str, 
 
     from hf_rlhf.ppo.config import PPOConfig
     from hf_rlhf.ppo.trainer import PPOTrainer
-    from hf_rlhf.rewards import RewardModelScorer
+    from hf_rlhf.reward.scorer import RewardModelScorer
 
     args = PPOConfig(
         output_dir=output_dir,
@@ -227,7 +227,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
 
     if a.side == "hf_rlhf":
         import hf_rlhf.ppo.trainer  # noqa: F401
-        import hf_rlhf.rewards  # noqa: F401
+        import hf_rlhf.reward.scorer  # noqa: F401
 
         build, history = build_hf_rlhf, history_hf_rlhf
     else:

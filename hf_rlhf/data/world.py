@@ -271,7 +271,7 @@ def build_world_datasets(args) -> dict[str, str]:
 
     from datasets import Dataset, DatasetDict
 
-    from ..artifacts import atomic_write_json
+    from ..manifest import atomic_write_json
 
     world = TinyWorld(args.seed)
     train_prompts, eval_prompts = world.split_prompts(args.num_eval_prompts)

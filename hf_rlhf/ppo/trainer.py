@@ -12,7 +12,7 @@ One update is four short steps, each a method a subclass can replace:
 
 Deliberately left out: a separate value-head class (the value model is any sequence-classification model, its head
 applied to every position), reward models with another tokenizer than their own (responses are decoded and re-encoded
-by `hf_rlhf.rewards.encode_for_reward`), and vLLM generation.
+by `hf_rlhf.reward.scorer.encode_for_reward`), and vLLM generation.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
-from ..evaluation import format_prompts
+from ..eval.generation import format_prompts
 from ..resilience import (
     NonFiniteLossError,
     StopRequest,
@@ -43,7 +43,7 @@ from ..resilience import (
     interrupted_message,
     mark_checkpoint_complete,
 )
-from ..rewards import RewardFunction
+from ..reward.scorer import RewardFunction
 from . import core
 from .config import PPOConfig
 from .roles import adapters_disabled

@@ -14,9 +14,9 @@ from itertools import chain
 from transformers import Trainer, default_data_collator, set_seed
 from trl import ModelConfig, TrlParser
 
-from ..artifacts import save_trainer_stage, start_stage
 from ..configs import DataArguments, PretrainConfig, RecipeError, parse_stage_args
 from ..data.formats import check_text_dataset, load_stage_dataset
+from ..manifest import save_trainer_stage, start_stage
 from ..modeling import load_causal_lm, load_tokenizer, model_from_config, resolve_model_path, sync_model_to_tokenizer
 from ..resilience import resilient
 from ..tokenizer import train_bpe_tokenizer

@@ -2,7 +2,7 @@
 
 The reward model is `AutoModelForSequenceClassification(num_labels=1)` initialised from the SFT model; the reward is
 read at the last non-pad token (PAD differs from EOS). Comparisons are pairwise (TRL's preference formats) or ranked
-K-way; both train as groups (see `hf_rlhf.data.preference` and `hf_rlhf.reward_trainer`). After training the reward
+K-way; both train as groups (see `hf_rlhf.data.preference` and `hf_rlhf.reward.trainer`). After training the reward
 is centred so that its mean over a reference set (the SFT demonstrations by default) is 0, and the held-out quality
 checks (accuracy, accuracy by rank distance, reward gap, calibration) go into the manifest. Not a chat model: it
 serves the RL stage.
@@ -19,12 +19,13 @@ from datasets import Dataset
 from transformers import set_seed
 from trl import ModelConfig, RewardConfig, TrlParser
 
-from ..artifacts import save_trainer_stage, start_stage
 from ..configs import DataArguments, RecipeError, parse_stage_args
 from ..data.formats import DataValidationError, load_stage_dataset
 from ..data.preference import to_groups
+from ..manifest import save_trainer_stage, start_stage
 from ..modeling import (
     is_quantized,
+    load_reward_model,
     load_tokenizer,
     peft_config_for,
     resolve_model_path,
@@ -32,8 +33,8 @@ from ..modeling import (
     trainable_parameters,
 )
 from ..resilience import resilient
-from ..reward_trainer import GroupedPreferenceCollator, GroupedRewardTrainer, plot_calibration, quality_report
-from ..rewards import encode_for_reward, load_reward_model, score_sequences, shift_reward
+from ..reward.scorer import encode_for_reward, score_sequences, shift_reward
+from ..reward.trainer import GroupedPreferenceCollator, GroupedRewardTrainer, plot_calibration, quality_report
 
 logger = logging.getLogger(__name__)
 

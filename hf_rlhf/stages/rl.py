@@ -17,12 +17,13 @@ from typing import Any
 from transformers import set_seed
 from trl import GRPOConfig, ModelConfig, RLOOConfig, TrlParser
 
-from ..artifacts import finish_stage, read_manifest, start_stage
 from ..configs import DataArguments, RecipeError, parse_stage_args
 from ..data.formats import DataValidationError, dataset_fingerprint, load_stage_dataset
+from ..manifest import finish_stage, read_manifest, start_stage
 from ..modeling import (
     is_quantized,
     load_causal_lm,
+    load_reward_model,
     load_tokenizer,
     peft_config_for,
     resolve_model_path,
@@ -30,7 +31,7 @@ from ..modeling import (
 )
 from ..ppo.config import PPOConfig
 from ..resilience import resilient
-from ..rewards import RewardModelScorer, load_reward_model, resolve_reward_func
+from ..reward.scorer import RewardModelScorer, resolve_reward_func
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import math
 from transformers import set_seed
 from trl import ModelConfig, SFTTrainer, TrlParser
 
-from ..artifacts import save_trainer_stage, start_stage
 from ..configs import DataArguments, RecipeError, SFTStageConfig, parse_stage_args
 from ..data.formats import check_sft_dataset, is_conversational_dataset, load_stage_dataset
+from ..manifest import save_trainer_stage, start_stage
 from ..modeling import load_causal_lm, load_tokenizer, peft_config_for, resolve_model_path, trainable_parameters
 from ..resilience import resilient
 

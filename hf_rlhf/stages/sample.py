@@ -15,11 +15,11 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict
 
-from .artifacts import finish_stage, require_complete, start_stage
-from .configs import DataArguments
-from .evaluation import format_prompts, generate
-from .resilience import process_state
-from .rewards import as_messages
+from ..configs import DataArguments
+from ..eval.generation import format_prompts, generate
+from ..manifest import finish_stage, require_complete, start_stage
+from ..resilience import process_state
+from ..reward.scorer import as_messages
 
 LABELERS = ("none", "tiny_world")
 
@@ -78,9 +78,9 @@ def sample_completions(
 
 def run(data_args: DataArguments, args: SampleArguments) -> dict[str, Any]:
     """Write the comparison dataset (and JSONL exports) to `args.output_dir`; returns the manifest."""
-    from .configs import RecipeError
-    from .data.formats import DataValidationError, load_stage_dataset
-    from .modeling import load_model_for_inference, resolve_model_path
+    from ..configs import RecipeError
+    from ..data.formats import DataValidationError, load_stage_dataset
+    from ..modeling import load_model_for_inference, resolve_model_path
 
     if args.num_completions < 2:
         raise RecipeError(f"num_completions must be at least 2, got {args.num_completions}")
@@ -104,7 +104,7 @@ def run(data_args: DataArguments, args: SampleArguments) -> dict[str, Any]:
     model, tokenizer = load_model_for_inference(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     completions = sample_completions(model, tokenizer, prompts, args)
     if args.labeler == "tiny_world":
-        from .data.world import TinyWorld
+        from ..data.world import TinyWorld
 
         world = TinyWorld(args.world_seed)
         rankings = [
@@ -147,7 +147,7 @@ def make_parser(prog: str | None = None):
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """`hf-rlhf sample`: K completions per prompt, ready to be ranked."""
-    from .configs import parse_stage_args
+    from ..configs import parse_stage_args
 
     data_args, args = parse_stage_args(make_parser("hf-rlhf sample"), argv)
     manifest = run(data_args, args)

@@ -111,7 +111,7 @@ def finish_stage(
         "complete": True,
     }
     if stage in CARD_STAGES:
-        from .cards import write_card
+        from .hub.cards import write_card
 
         write_card(output_dir, manifest)
     atomic_write_json(os.path.join(output_dir, MANIFEST), manifest)  # last: the completion flag
@@ -129,7 +129,7 @@ def update_manifest(stage_dir: str, **fields: Any) -> dict[str, Any]:
     """Add fields to a finished stage's manifest (rewritten atomically, still complete) and re-render its card."""
     manifest = {**require_complete(stage_dir), **fields}
     if manifest["stage"] in CARD_STAGES:
-        from .cards import write_card
+        from .hub.cards import write_card
 
         write_card(stage_dir, manifest)
     atomic_write_json(os.path.join(stage_dir, MANIFEST), manifest)

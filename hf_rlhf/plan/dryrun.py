@@ -5,7 +5,7 @@ stage's own parser, then print for each stage the model (config and exact parame
 the stage expects of it, the batch and schedule, precision, quantization and LoRA (trainable parameters counted
 exactly with peft), and a GPU memory estimate per device for the launch layout. Nothing is downloaded and no weights
 are built: models are instantiated on the `meta` device from a local `config.json` or from the configs in
-`hf_rlhf.known_models`; the Hub is never called.
+`hf_rlhf.plan.known_models`; the Hub is never called.
 
 A stage recipe that leaves its model or data to the pipeline (as every stage but the first does) is planned as that
 stage of a pipeline recipe in the same folder: the one that lists it, else one with a stage of the same name (with
@@ -45,7 +45,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from .configs import RecipeError, load_yaml_mapping, parse_stage_args
+from ..configs import RecipeError, load_yaml_mapping, parse_stage_args
 from .known_models import DATASETS, MODELS, WORLD_DATASETS
 
 GiB = 1024**3
@@ -368,7 +368,7 @@ def architecture(name_or_path: str, revision: str | None = None) -> Architecture
     if name in MODELS:
         fields = dict(MODELS[name])
         config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-        arch = Architecture(name, "hf_rlhf.known_models", config, revision or "main")
+        arch = Architecture(name, "hf_rlhf.plan.known_models", config, revision or "main")
     else:
         raise DryRunError(
             f"model '{name}' is not a local directory and not in hf_rlhf's table of known configs "
@@ -661,9 +661,7 @@ def describe_dataset(
         at = f" @ {revision}" if revision else ""
         known = DATASETS.get(repo)
         if known is None:
-            text = (
-                f"{name}{at} (not in hf_rlhf.known_models: columns checked at load time; the stage accepts {accepts})"
-            )
+            text = f"{name}{at} (not in hf_rlhf.plan.known_models: columns checked at load time; the stage accepts {accepts})"
             return text, {}
         where = f"{repo}{at}: {known['about']}"
         configs = known.get("configs")
@@ -748,7 +746,7 @@ def _quantization(model_args: Any) -> tuple[str | None, bool]:
 
 def _peft(model_args: Any, role: str = "causal_lm") -> Any:
     """The peft config the stages build for a role (`hf_rlhf.modeling.peft_config_for`), or None."""
-    from .modeling import peft_config_for
+    from ..modeling import peft_config_for
 
     return peft_config_for(model_args, role)
 
@@ -1123,7 +1121,7 @@ def _reference(arch: Architecture, peft_config: Any, frozen: dict) -> Role:
 # --------------------------------------------------------------------------------------------- entry points
 def parse_stage(stage: str, argv: list[str]) -> tuple:
     """The stage's dataclasses, parsed by its own parser from `argv` (as the real run does)."""
-    from .pipeline import STAGES
+    from ..pipeline import STAGES
 
     module = STAGES[stage].module
     parser = module.make_parser(algorithm=module.algorithm_of(argv)) if stage == "rl" else module.make_parser()
@@ -1206,8 +1204,8 @@ def plan_pipeline(
         replace (`str`, *optional*): A stage recipe that takes the place of `until`'s recipe.
         extra_argv (`list[str]`, *optional*): Command-line options appended to `until`'s arguments.
     """
-    from .data.world import WORLD_DATASETS as WORLD_NAMES
-    from .pipeline import STAGES, load_pipeline_recipe, stage_argv
+    from ..data.world import WORLD_DATASETS as WORLD_NAMES
+    from ..pipeline import STAGES, load_pipeline_recipe, stage_argv
 
     recipe = load_pipeline_recipe(path, output_dir)
     launch_section = recipe.launch

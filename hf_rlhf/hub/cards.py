@@ -118,7 +118,7 @@ def _model_config(output_dir: str) -> dict[str, Any]:
 
 def _license(manifest: dict[str, Any]) -> str:
     """The base model's license when it came from the Hub with a card that says one; else hf_rlhf's."""
-    from .hub import input_path
+    from . import input_path
 
     base = input_path(manifest.get("inputs", {}).get("model"))
     card = os.path.join(base, "README.md") if base else None

@@ -14,8 +14,8 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .artifacts import atomic_write_json, require_complete
-from .evaluation import bootstrap_ci, chat_prompts, generate, sequence_kl
+from ..manifest import atomic_write_json, require_complete
+from .generation import bootstrap_ci, chat_prompts, generate, sequence_kl
 
 
 @dataclass
@@ -65,9 +65,9 @@ def build_report(
 
     from datasets import load_from_disk
 
-    from .data.world import TinyWorld
-    from .modeling import load_model_for_inference
-    from .rewards import RewardModelScorer, best_of_n
+    from ..data.world import TinyWorld
+    from ..modeling import load_model_for_inference
+    from ..reward.scorer import RewardModelScorer, best_of_n
 
     world = TinyWorld(world_seed)
     questions = [row["prompt"][-1]["content"] for row in load_from_disk(prompts_dir)["test"]]

@@ -121,7 +121,7 @@ def sequence_kl(
 ) -> list[float]:
     """Per sequence, sum over the sampled tokens of log p_policy - log p_ref (k1): a Monte Carlo estimate of
     KL(policy || ref) when the completions were sampled from the policy at this temperature."""
-    from .ppo.core import logprobs_from_logits, position_ids_from_mask
+    from ..ppo.core import logprobs_from_logits, position_ids_from_mask
 
     out = []
     for start in range(0, len(prompts), batch_size):
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     """`hf-rlhf generate`: sample completions from a model; with --best_of N, the reward model's pick of N."""
     import argparse
 
-    from .modeling import load_model_for_inference
+    from ..modeling import load_model_for_inference
 
     parser = argparse.ArgumentParser(prog="hf-rlhf generate", description=main.__doc__)
     parser.add_argument("--model", required=True, help="A finished stage directory (or any causal LM directory).")
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     )
     candidates = [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
     if n > 1:
-        from .rewards import RewardModelScorer, best_of_n
+        from ..reward.scorer import RewardModelScorer, best_of_n
 
         scorer = RewardModelScorer(args.reward_model, trust_remote_code=args.trust_remote_code)
         questions = [[{"role": "user", "content": p}] for p in args.prompt] if chat else args.prompt

@@ -46,7 +46,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from .artifacts import MANIFEST, atomic_write_json, read_manifest, require_complete
+from ..manifest import MANIFEST, atomic_write_json, read_manifest, require_complete
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..modeling import SCORE_BIAS_FLAG, load_reward_model, reward_head
 
 RewardFunction = Callable[[list[Any], list[Any]], list[float]]
-SCORE_BIAS_FLAG = "hf_rlhf_score_bias"  # config attribute: the head carries a bias saved as `score.bias`
 
 
 def as_messages(prompt: Any) -> list[dict[str, str]] | None:
@@ -51,18 +52,6 @@ def encode_for_reward(tokenizer: PreTrainedTokenizerBase, prompt: Any, completio
 
 
 # ------------------------------------------------------------------------------------------ the score head
-def reward_head(model: PreTrainedModel) -> nn.Linear:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = getattr(base, "score", None)
-    if not isinstance(head, nn.Module):
-        raise ValueError(
-            f"{type(base).__name__} has no `score` head; reward models need a sequence-classification head"
-        )
-    # peft wraps modules_to_save in a ModulesToSaveWrapper; the trained copy is what scores
-    saved = getattr(head, "modules_to_save", None)
-    return saved["default"] if saved is not None and "default" in saved else head
-
-
 def shift_reward(model: PreTrainedModel, offset: float) -> None:
     """Add `offset` to every reward by shifting the bias of the score head (adding a bias if it has none).
 
@@ -75,37 +64,6 @@ def shift_reward(model: PreTrainedModel, offset: float) -> None:
     with torch.no_grad():
         head.bias += offset
     (model.get_base_model() if hasattr(model, "get_base_model") else model).config.update({SCORE_BIAS_FLAG: True})
-
-
-def load_reward_model(
-    path: str, *, trust_remote_code: bool = False, dtype: Any = None, model_args: Any = None
-) -> PreTrainedModel:
-    """Load a reward (or value) model: `AutoModelForSequenceClassification` with one label, safetensors only.
-
-    `path` is a full reward model or a LoRA reward adapter (merged into its base). `model_args` (TRL's
-    `ModelConfig`) may ask for dtype and 4/8-bit quantization. Restores the head bias written by `shift_reward`.
-    """
-    from transformers.utils import logging as hf_logging
-    from trl import ModelConfig
-
-    from .modeling import load_pretrained, resolve_model_path, restore_score_bias
-
-    path = resolve_model_path(path, "reward model")
-    model_args = model_args or ModelConfig(dtype=dtype)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # `score.bias` would be reported as unexpected; it is restored below
-    try:
-        model = load_pretrained(
-            AutoModelForSequenceClassification,
-            path,
-            model_args=model_args,
-            trust_remote_code=trust_remote_code,
-            num_labels=1,
-        )
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    restore_score_bias(model, path)
-    return model
 
 
 @torch.no_grad()
@@ -143,7 +101,7 @@ class RewardModelScorer:
         batch_size: int = 32,
         trust_remote_code: bool = False,
     ):
-        from .modeling import load_tokenizer
+        from ..modeling import load_tokenizer
 
         if isinstance(path_or_model, str):
             self.model = load_reward_model(path_or_model, trust_remote_code=trust_remote_code)
@@ -186,8 +144,8 @@ def main(argv: list[str] | None = None) -> list[float]:
     """`hf-rlhf score`: score (prompt, response) rows with a reward model."""
     import argparse
 
-    from .configs import DataArguments
-    from .data.formats import DataValidationError, load_stage_dataset
+    from ..configs import DataArguments
+    from ..data.formats import DataValidationError, load_stage_dataset
 
     parser = argparse.ArgumentParser(prog="hf-rlhf score", description=main.__doc__)
     parser.add_argument("--reward_model", required=True, help="A reward stage directory.")
@@ -229,7 +187,7 @@ def main(argv: list[str] | None = None) -> list[float]:
 # ------------------------------------------------------------------------------------ named reward functions
 def tiny_world_gold(world_seed: int = 0) -> RewardFunction:
     """The tiny world's gold labeler as a reward function (prompts as text or messages)."""
-    from .data.world import TinyWorld
+    from ..data.world import TinyWorld
 
     world = TinyWorld(world_seed)
 
