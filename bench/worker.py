@@ -76,7 +76,7 @@ class TrainProbe:
 
 def run_hf_rlhf(stage: str, a: argparse.Namespace) -> dict[str, Any]:
     """The stage exactly as `hf-rlhf <stage>` runs it: `parse_stage_args` on a CLI argv, then `run`."""
-    from hf_rlhf.configs import parse_stage_args
+    from hf_rlhf.recipes import parse_stage_args
     from hf_rlhf.stages import pretrain, sft
 
     argv = ["--config", a.recipe, "--dataset_name", a.dataset, "--output_dir", a.output_dir]

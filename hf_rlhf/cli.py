@@ -59,11 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"hf-rlhf: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
         return 2
-    from .configs import RecipeError
-    from .data.formats import DataValidationError
-    from .hub import HubError
-    from .modeling import ModelNotFoundError
-    from .resilience import INTERRUPTED_EXIT_CODE, NonFiniteLossError, TrainingInterrupted, use_cpu_if_no_accelerator
+    from .errors import USER_ERRORS, TrainingInterrupted
+    from .resilience import INTERRUPTED_EXIT_CODE, use_cpu_if_no_accelerator
 
     use_cpu_if_no_accelerator()  # `accelerate launch` of several processes on a machine without GPUs: CPU + gloo
     target = COMMANDS[name][0]
@@ -71,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         target, rest = "hf_rlhf.plan.dryrun:stage_main", [name, *rest]
     try:
         _load(target)(rest)
-    except (RecipeError, DataValidationError, ModelNotFoundError, HubError, NonFiniteLossError) as e:
+    except USER_ERRORS as e:
         print(f"hf-rlhf {name}: error: {e}", file=sys.stderr)
         return 1
     except TrainingInterrupted as e:  # SIGTERM: a checkpoint was saved; the message says how to resume

@@ -8,19 +8,14 @@ directly.
 
 from __future__ import annotations
 
-import difflib
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 from transformers import TrainingArguments
-from trl import SFTConfig, TrlParser
+from trl import GRPOConfig, RewardConfig, RLOOConfig, SFTConfig
 
-
-class RecipeError(ValueError):
-    """A recipe file or command line that cannot be used: names the file and the key at fault."""
+from .ppo.config import PPOConfig
 
 
 @dataclass
@@ -108,74 +103,6 @@ class SFTStageConfig(SFTConfig):
     bf16: bool | None = field(default=False, metadata={"help": "Use bf16 mixed precision."})
 
 
-# ------------------------------------------------------------------------------------------------ parsing
-def parser_keys(parser: TrlParser) -> set[str]:
-    return {action.dest for action in parser._actions if action.dest != "help"}
-
-
-def load_yaml_mapping(path: str) -> dict:
-    """Read a YAML file that must hold a mapping, with the file named in every error."""
-    if not os.path.isfile(path):
-        raise RecipeError(f"recipe file '{path}' does not exist")
-    try:
-        with open(path) as f:
-            content = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise RecipeError(f"recipe file '{path}' is not valid YAML: {e}") from e
-    if content is None:
-        return {}
-    if not isinstance(content, dict):
-        raise RecipeError(f"recipe file '{path}' must hold a mapping of keys to values, got {type(content).__name__}")
-    return content
-
-
-def check_keys(keys: dict | list, valid: set[str], where: str) -> None:
-    """Raise a `RecipeError` naming `where` and the first key that no dataclass of the stage knows."""
-    for key in keys:
-        if key not in valid and key != "env":
-            close = difflib.get_close_matches(str(key), sorted(valid), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise RecipeError(f"{where}: unknown key '{key}'.{hint}")
-
-
-def parse_stage_args(parser: TrlParser, args: list[str] | None = None) -> tuple:
-    """`TrlParser.parse_args_and_config` with errors that name the recipe file and the key at fault."""
-    import sys
-
-    args = list(sys.argv[1:] if args is None else args)
-    valid = parser_keys(parser)
-    if "--config" in args:
-        i = args.index("--config")
-        if i + 1 >= len(args):
-            raise RecipeError("--config needs a path to a YAML recipe")
-        path = args[i + 1]
-        check_keys(load_yaml_mapping(path), valid, f"recipe file '{path}'")
-    flags = [a[2:].split("=", 1)[0].replace("-", "_") for a in args if a.startswith("--")]
-    check_keys([f for f in flags if f not in ("config", "help")], valid, "command line")
-    parsed = parser.parse_args_and_config(args)
-    from .hub import pin_model_revision  # `model_revision` of a Hub model: `org/name@revision`
-
-    for config in parsed:
-        pin_model_revision(config)
-    return parsed
-
-
-def to_cli_args(values: dict[str, Any]) -> list[str]:
-    """Turn a mapping of overrides into `--key value` strings that `TrlParser` parses back."""
-    out = []
-    for key, value in values.items():
-        if isinstance(value, bool):
-            value = str(value).lower()
-        elif isinstance(value, dict):
-            value = json.dumps(value)
-        elif isinstance(value, list):
-            out.append(f"--{key}")
-            out.extend(str(v) for v in value)
-            continue
-        out.extend([f"--{key}", str(value)])
-    return out
-
-
 @dataclass
 class WorldArguments:
     """The tiny world's datasets: documents, demonstrations and prompts, written with `save_to_disk`."""
@@ -186,3 +113,91 @@ class WorldArguments:
     num_demonstrations: int = field(default=3000, metadata={"help": "Contractor demonstrations for SFT."})
     num_eval_prompts: int = field(default=200, metadata={"help": "Held-out prompts, never seen in demonstrations."})
     test_fraction: float = field(default=0.05, metadata={"help": "Held-out fraction of documents and demonstrations."})
+
+
+@dataclass
+class EvaluationArguments:
+    """How the pipeline measures each model with the gold labeler on the held-out prompts."""
+
+    temperature: float = 1.0
+    max_new_tokens: int = 32
+    few_shot_examples: int = 3
+    best_of_n: int = 8
+    num_samples_shown: int = 4
+    batch_size: int = 50
+    bootstrap_resamples: int = 2000
+    seed: int = 0
+
+
+@dataclass
+class RewardStageConfig(RewardConfig):
+    """TRL's `RewardConfig`, plus how bad rows, long rows and centring are handled.
+
+    Defaults that differ from `RewardConfig`: `activation_checkpointing=False` and `bf16=False` (as for SFT).
+    """
+
+    invalid_rows: str = field(
+        default="error",
+        metadata={"help": "Invalid comparison rows: 'error' stops naming the row, 'drop' drops and counts them."},
+    )
+    too_long: str = field(
+        default="drop",
+        metadata={"help": "Sequences over max_length: 'drop' the row, 'truncate' (keep the end), or 'error'."},
+    )
+    reference_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Dataset whose mean reward is centred to 0 (the SFT demonstrations). Unset: no centring."},
+    )
+    reference_max_samples: int = field(default=1000, metadata={"help": "Reference rows used for centring."})
+    calibration_bins: int = field(default=10, metadata={"help": "Bins of the held-out calibration table."})
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of `activation_checkpointing` (transformers v5)."}
+    )
+    activation_checkpointing: bool | None = field(default=False, metadata={"help": "Recompute activations."})
+    bf16: bool | None = field(default=False, metadata={"help": "Use bf16 mixed precision."})
+
+
+@dataclass
+class SampleArguments:
+    """How `hf-rlhf sample` writes K completions per prompt."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "The model that writes (the SFT model)."})
+    output_dir: str | None = field(default=None, metadata={"help": "Where the comparison dataset is written."})
+    num_completions: int = field(default=4, metadata={"help": "K: completions per prompt (>= 2)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (top-k and top-p are off)."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Tokens to sample at most per completion."})
+    batch_size: int = field(default=64, metadata={"help": "Sequences generated at a time."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Use at most this many prompts."})
+    labeler: str = field(
+        default="none",
+        metadata={"help": "Who fills `ranking`: 'none' (left empty for people) or 'tiny_world' (the gold labeler)."},
+    )
+    world_seed: int = field(default=0, metadata={"help": "Seed of the tiny world whose gold labeler ranks."})
+    test_split_size: float = field(default=0.1, metadata={"help": "Fraction of prompts held out as the test split."})
+    export_jsonl: bool = field(default=True, metadata={"help": "Also write comparisons_<split>.jsonl for people."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code."})
+    # The trainer stages' Hub options, same names: the comparisons are pushed as a dataset repo (parquet and a card)
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the comparisons to the Hub when complete."})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Dataset repo id (org/name) to push to."})
+    hub_private_repo: bool | None = field(default=None, metadata={"help": "Create the dataset repo private."})
+    hub_revision: str | None = field(default=None, metadata={"help": "Branch to push to (default: main)."})
+
+
+@dataclass
+class RLArguments:
+    """What the RL stage optimises: the algorithm and the rewards."""
+
+    algorithm: str = field(default="ppo", metadata={"help": "'ppo' (hf_rlhf's own), 'grpo' or 'rloo' (TRL)."})
+    reward_model_path: str | None = field(default=None, metadata={"help": "Reward stage output (or any RM)."})
+    value_model_path: str | None = field(
+        default=None, metadata={"help": "PPO value model initialisation (default: the reward model)."}
+    )
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={"help": "Extra reward functions: 'tiny_world_gold' or 'package.module:function'."},
+    )
+    world_seed: int = field(default=0, metadata={"help": "Seed of the tiny world for 'tiny_world_gold'."})
+
+
+RL_CONFIGS = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}  # `algorithm` -> trainer config

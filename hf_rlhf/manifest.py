@@ -17,15 +17,13 @@ import tempfile
 import time
 from typing import Any
 
+from .errors import IncompleteStageError
+
 MANIFEST = "hf_rlhf_manifest.json"
 PICKLED_TRAINER_FILES = ("training_args.bin",)  # the resolved config goes to the manifest as JSON instead
 CARD_STAGES = ("pretrain", "sft", "reward", "rl", "sample")  # a model card each; `sample` gets a dataset card
 LINEAGE_INPUTS = ("model", "reward_model", "dataset", "adapter")  # inputs that may be upstream stages
 _pending_pushes: dict[str, tuple[Any, Any]] = {}  # output dir -> (hub.PushRequest, the config it was taken from)
-
-
-class IncompleteStageError(RuntimeError):
-    """A stage directory that has no complete manifest."""
 
 
 def atomic_write_json(path: str, payload: Any) -> None:

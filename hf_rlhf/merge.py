@@ -17,9 +17,9 @@ from typing import Any
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 from trl import ModelConfig
 
-from .configs import RecipeError
 from .manifest import finish_stage, read_manifest, start_stage
 from .modeling import adapter_base, adapter_task, is_adapter_dir, load_pretrained, load_tokenizer, resolve_model_path
+from .recipes import RecipeError
 
 logger = logging.getLogger(__name__)
 

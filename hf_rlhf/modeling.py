@@ -26,15 +26,12 @@ from transformers import (
 )
 from trl import ModelConfig
 
+from .errors import ModelNotFoundError
 from .tokenizer import PAD_TOKEN
 
 logger = logging.getLogger(__name__)
 ADAPTER_CONFIG = "adapter_config.json"
 SCORE_BIAS_FLAG = "hf_rlhf_score_bias"  # config attribute: the head carries a bias saved as `score.bias`
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """A model or tokenizer path that does not exist or holds no model."""
 
 
 def resolve_model_path(name_or_path: str, what: str = "model", revision: str | None = None) -> str:
@@ -89,7 +86,7 @@ def model_from_config(
     `config_kwargs` may set a `vocab_size` larger than the tokenizer (e.g. rounded up for speed), never smaller; the
     special token ids always come from the tokenizer.
     """
-    from .configs import RecipeError
+    from .recipes import RecipeError
 
     kwargs = dict(config_kwargs or {})
     vocab_size = kwargs.pop("vocab_size", len(tokenizer))

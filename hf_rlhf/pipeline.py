@@ -20,128 +20,17 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from typing import Any
 
 from . import hub
-from .configs import RecipeError, WorldArguments, check_keys, load_yaml_mapping, to_cli_args
-from .eval.report import EvaluationArguments, build_report, stage_evaluations, write_report
+from .eval.report import build_report, stage_evaluations, write_report
 from .manifest import MANIFEST, atomic_write_json, is_complete, read_manifest, require_complete, update_manifest
+from .recipes import PipelineRecipe, RecipeError, load_pipeline_recipe, load_yaml_mapping, to_cli_args
 from .resilience import last_complete_checkpoint, process_state
-from .stages import pretrain, reward, rl, sample, sft
+from .stages import STAGES
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """How the pipeline wires a stage: its module (`make_parser`, `run`) and where its inputs come from."""
-
-    module: Any
-    model_from: str | None = None  # stage whose output is this stage's `model_name_or_path`
-    data_from: str | None = None  # a stage output, or a tiny-world dataset, used as `dataset_name`
-    wired: tuple[tuple[str, str], ...] = ()  # (option, tiny-world dataset or stage) pairs wired in as well
-
-
-# In pipeline order. `sample` is the comparison collection between SFT and reward modeling.
-STAGES: dict[str, StageSpec] = {
-    "pretrain": StageSpec(pretrain, data_from="documents"),
-    "sft": StageSpec(sft, model_from="pretrain", data_from="demonstrations"),
-    "sample": StageSpec(sample, model_from="sft", data_from="prompts", wired=(("world_seed", "world_seed"),)),
-    "reward": StageSpec(
-        reward, model_from="sft", data_from="sample", wired=(("reference_dataset", "demonstrations"),)
-    ),
-    "rl": StageSpec(
-        rl,
-        model_from="sft",
-        data_from="prompts",
-        wired=(("reward_model_path", "reward"), ("world_seed", "world_seed")),
-    ),
-}
-
-
-@dataclass
-class HubSettings:
-    """A pipeline recipe's `hub:` section: push every stage, and chain the stages through the Hub.
-
-    No token here, ever: it comes from HF_TOKEN or `hf auth login`.
-    """
-
-    namespace: str  # user or organisation of the repos
-    repo_prefix: str | None = None  # repo names are <repo_prefix><stage>; default "<output_dir name>-"
-    private: bool | None = None  # create the repos private
-    revision: str = "main"  # branch every stage pushes to (and is read from)
-    endpoint: str | None = None  # Hub URL; default HF_ENDPOINT (huggingface.co)
-    pull: bool = True  # stage N+1 reads stage N's repo at the pushed commit, not its local directory
-    push_datasets: bool = True  # push the tiny world's datasets as dataset repos (read from there with `pull`)
-
-    def repo_id(self, name: str, output_dir: str) -> str:
-        prefix = self.repo_prefix if self.repo_prefix is not None else os.path.basename(os.path.normpath(output_dir))
-        prefix = prefix if self.repo_prefix is not None else f"{prefix}-"
-        return f"{self.namespace}/{prefix}{REPO_NAMES.get(name, name)}"
-
-
-REPO_NAMES = {"sample": "comparisons"}  # a stage's repo name, when it is not the stage's name
-
-
-@dataclass
-class PipelineRecipe:
-    path: str
-    output_dir: str
-    stages: dict[str, dict[str, Any]]
-    world: WorldArguments | None = None
-    evaluation: EvaluationArguments = field(default_factory=EvaluationArguments)
-    hub: HubSettings | None = None
-    # `launch:` what the recipe is sized for (`accelerate_config`, `gpu_memory_gb`); read by `--dry-run` only
-    launch: dict[str, Any] = field(default_factory=dict)
-
-
-def load_pipeline_recipe(path: str, output_dir: str | None = None) -> PipelineRecipe:
-    """Read and check a pipeline recipe; every error names the file and the key at fault."""
-    raw = load_yaml_mapping(path)
-    where = f"pipeline recipe '{path}'"
-    check_keys(raw, {"output_dir", "world", "stages", "evaluation", "hub", "launch"}, where)
-    stages = raw.get("stages") or {}
-    if not isinstance(stages, dict) or not stages:
-        raise RecipeError(f"{where}: 'stages' must map stage names ({', '.join(STAGES)}) to their settings")
-    check_keys(stages, set(STAGES), f"{where}, 'stages'")
-    base = os.path.dirname(os.path.abspath(path))
-    for name, spec in stages.items():
-        spec = spec or {}
-        check_keys(spec, {"recipe", "overrides", "merge"}, f"{where}, stage '{name}'")
-        if "recipe" in spec:
-            spec["recipe"] = os.path.join(base, spec["recipe"])
-            if not os.path.isfile(spec["recipe"]):
-                raise RecipeError(f"{where}, stage '{name}': recipe file '{spec['recipe']}' does not exist")
-        stages[name] = spec
-    world = raw.get("world")
-    if world is not None:
-        check_keys(world, {f.name for f in fields(WorldArguments)} - {"output_dir"}, f"{where}, 'world'")
-    evaluation = raw.get("evaluation") or {}
-    check_keys(evaluation, {f.name for f in fields(EvaluationArguments)}, f"{where}, 'evaluation'")
-    hub_section = raw.get("hub")
-    if hub_section is not None:
-        check_keys(hub_section, {f.name for f in fields(HubSettings)}, f"{where}, 'hub'")
-        if not hub_section.get("namespace"):
-            raise RecipeError(f"{where}, 'hub': set 'namespace' (the user or organisation of the repos)")
-    launch = raw.get("launch") or {}
-    check_keys(launch, {"accelerate_config", "gpu_memory_gb"}, f"{where}, 'launch'")
-    if "accelerate_config" in launch:
-        launch["accelerate_config"] = os.path.join(base, launch["accelerate_config"])
-        if not os.path.isfile(launch["accelerate_config"]):
-            raise RecipeError(f"{where}, 'launch': accelerate config '{launch['accelerate_config']}' does not exist")
-    out = output_dir or raw.get("output_dir")
-    if not out:
-        raise RecipeError(f"{where}: set 'output_dir' in the recipe or pass --output_dir")
-    return PipelineRecipe(
-        path=path,
-        output_dir=out,
-        stages={name: stages[name] for name in STAGES if name in stages},
-        world=WorldArguments(output_dir=os.path.join(out, "data"), **world) if world is not None else None,
-        evaluation=EvaluationArguments(**evaluation),
-        hub=HubSettings(**hub_section) if hub_section is not None else None,
-        launch=launch,
-    )
 
 
 def stage_argv(recipe: PipelineRecipe, name: str, outputs: dict[str, str]) -> list[str]:
@@ -354,7 +243,7 @@ def pull_upstream(recipe: PipelineRecipe, name: str, refs: dict[str, str], stage
     """A stage the recipe does not run but a later one reads (`hub.pull`): read from its repo at `hub.revision`,
     pinned to the commit found there; its snapshot serves the report as well."""
     settings = recipe.hub
-    needed = {source for n in recipe.stages for source in _sources(n)}
+    needed = {source for n in recipe.stages for source in STAGES[n].sources()}
     if settings is None or not settings.pull or name not in needed:
         return
     repo_type = "dataset" if name in hub.DATASET_STAGES else "model"
@@ -366,11 +255,6 @@ def pull_upstream(recipe: PipelineRecipe, name: str, refs: dict[str, str], stage
     print(f"[hf-rlhf] {name}: not in the recipe, read from {resolved.repo_id} at {resolved.commit}")
     refs[name] = f"{resolved.repo_id}@{resolved.commit}"
     stage_dirs[name] = resolved.path
-
-
-def _sources(name: str) -> list[str]:
-    spec = STAGES[name]
-    return [s for s in (spec.model_from, spec.data_from, *(source for _, source in spec.wired)) if s]
 
 
 def publish_evaluation(recipe: PipelineRecipe, report: dict[str, Any]) -> None:

@@ -37,19 +37,13 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
+from .errors import NonFiniteLossError, TrainingInterrupted
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_MARKER = "hf_rlhf_checkpoint.json"
 INTERRUPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or inf; the message says where, what was kept and what to try."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """Training stopped on SIGTERM after saving a complete checkpoint; the message says how to resume."""
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -170,7 +164,7 @@ def resolve_resume(output_dir: str, resume_from_checkpoint: str | bool | None) -
     """The checkpoint to resume from: `True` (or "true"/"latest") is the newest complete one in `output_dir`."""
     if resume_from_checkpoint in (None, False, "", "false", "False"):
         return None
-    from .configs import RecipeError
+    from .recipes import RecipeError
 
     if resume_from_checkpoint is True or str(resume_from_checkpoint).lower() in ("true", "latest"):
         found = last_complete_checkpoint(output_dir)

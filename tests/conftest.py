@@ -25,7 +25,8 @@ def world_dir(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def quick_pipeline(tmp_path_factory) -> tuple[str, dict]:
     """The quick preset of the tiny pipeline (pretrain then SFT), run once for the whole session."""
-    from hf_rlhf.pipeline import load_pipeline_recipe, run_pipeline
+    from hf_rlhf.pipeline import run_pipeline
+    from hf_rlhf.recipes import load_pipeline_recipe
 
     out = str(tmp_path_factory.mktemp("pipeline"))
     report = run_pipeline(load_pipeline_recipe(os.path.join(RECIPES, "tiny", "quick.yaml"), out))

@@ -9,7 +9,8 @@ from .conftest import RECIPES
 
 @pytest.mark.slow
 def test_default_tiny_pipeline_meets_the_acceptance_figures(tmp_path):
-    from hf_rlhf.pipeline import load_pipeline_recipe, run_pipeline
+    from hf_rlhf.pipeline import run_pipeline
+    from hf_rlhf.recipes import load_pipeline_recipe
 
     report = run_pipeline(load_pipeline_recipe(os.path.join(RECIPES, "tiny", "pipeline.yaml"), str(tmp_path)))
     rows = {r["model"]: r for r in report["rows"]}

@@ -166,7 +166,8 @@ def full_pipeline(tmp_path, halve: bool) -> str:
 
 
 def test_the_whole_pipeline_runs_with_two_processes(tmp_path):
-    from hf_rlhf.pipeline import load_pipeline_recipe, run_pipeline
+    from hf_rlhf.pipeline import run_pipeline
+    from hf_rlhf.recipes import load_pipeline_recipe
 
     start = time.perf_counter()
     two = launch("pipeline", full_pipeline(tmp_path, halve=True), "--output_dir", str(tmp_path / "two"))

@@ -8,9 +8,9 @@ import socket
 import pytest
 
 from hf_rlhf import cli
-from hf_rlhf.pipeline import STAGES
 from hf_rlhf.plan.dryrun import Context, DryRunError, architecture, plan_pipeline, plan_stage, read_launch
 from hf_rlhf.plan.known_models import MODELS
+from hf_rlhf.stages import STAGES
 
 from .conftest import RECIPES
 

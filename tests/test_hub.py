@@ -17,11 +17,12 @@ from safetensors.torch import load_file, save_file
 
 from hf_rlhf import hub
 from hf_rlhf.cli import main as cli
-from hf_rlhf.configs import DataArguments, RecipeError
+from hf_rlhf.configs import DataArguments
 from hf_rlhf.data.formats import DataValidationError, load_stage_dataset
 from hf_rlhf.manifest import MANIFEST, finish_stage, require_complete
 from hf_rlhf.modeling import ModelNotFoundError, resolve_model_path
-from hf_rlhf.pipeline import load_pipeline_recipe, run_pipeline, stage_argv
+from hf_rlhf.pipeline import run_pipeline, stage_argv
+from hf_rlhf.recipes import RecipeError, load_pipeline_recipe
 from hf_rlhf.stages import pretrain, sft
 
 from .conftest import RECIPES

@@ -11,7 +11,8 @@ from huggingface_hub import ModelCard, hf_hub_download
 
 from hf_rlhf import hub
 from hf_rlhf.manifest import require_complete
-from hf_rlhf.pipeline import load_pipeline_recipe, run_pipeline
+from hf_rlhf.pipeline import run_pipeline
+from hf_rlhf.recipes import load_pipeline_recipe
 
 from .conftest import RECIPES
 from .hub_server import HubServer, running_hub, use_fresh_cache

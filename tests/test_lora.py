@@ -104,10 +104,11 @@ def test_merge_round_trip_matches_the_adapter_model(lora_chain, tmp_path):
 
 def ppo_setup(out, tmp, tmp_path, *extra):
     """PPO models and trainer for the LoRA chain, built the way the RL stage builds them."""
-    from hf_rlhf.configs import DataArguments, parse_stage_args
+    from hf_rlhf.configs import DataArguments
     from hf_rlhf.data.formats import load_stage_dataset
     from hf_rlhf.modeling import load_causal_lm, load_tokenizer
     from hf_rlhf.ppo.trainer import PPOTrainer
+    from hf_rlhf.recipes import parse_stage_args
     from hf_rlhf.stages import rl
 
     argv = ["--config", os.path.join(RECIPES, "rl.yaml"), "--model_name_or_path", str(tmp / "sft"),
@@ -193,7 +194,7 @@ def test_qlora_4bit_through_sft_reward_and_ppo_on_one_base(quick_pipeline, tmp_p
 
 
 def test_lora_and_layout_errors_are_clear(lora_chain, quick_pipeline, tmp_path):
-    from hf_rlhf.configs import RecipeError
+    from hf_rlhf.recipes import RecipeError
 
     out, tmp = lora_chain
     with pytest.raises(RecipeError, match="cannot be trained in full"):
@@ -245,7 +246,8 @@ def test_quick_pipeline_runs_as_the_lora_and_qlora_variants(variant, quick_pipel
     """The quick pipeline with the LoRA / QLoRA variant's stage overrides, compared with the full-precision run."""
     from hf_rlhf.eval.compare import compare
     from hf_rlhf.modeling import is_adapter_dir
-    from hf_rlhf.pipeline import load_pipeline_recipe, run_pipeline
+    from hf_rlhf.pipeline import run_pipeline
+    from hf_rlhf.recipes import load_pipeline_recipe
 
     full_dir, _ = quick_pipeline
     recipe = load_pipeline_recipe(os.path.join(RECIPES, "quick.yaml"), str(tmp_path))

@@ -8,7 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_rlhf.manifest import MANIFEST, IncompleteStageError, require_complete
-from hf_rlhf.pipeline import load_pipeline_recipe, run_pipeline
+from hf_rlhf.pipeline import run_pipeline
+from hf_rlhf.recipes import load_pipeline_recipe
 
 from .conftest import RECIPES
 

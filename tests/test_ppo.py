@@ -176,7 +176,7 @@ def test_rl_stage_runs_each_algorithm(algorithm, quick_pipeline, tmp_path):
 
 
 def test_rl_stage_bad_reward_settings(quick_pipeline, tmp_path):
-    from hf_rlhf.configs import RecipeError
+    from hf_rlhf.recipes import RecipeError
     from hf_rlhf.stages import rl
 
     out, _ = quick_pipeline

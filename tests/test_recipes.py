@@ -5,8 +5,9 @@ import os
 
 import pytest
 
-from hf_rlhf.configs import parse_stage_args
-from hf_rlhf.pipeline import STAGES, load_pipeline_recipe, stage_argv
+from hf_rlhf.pipeline import stage_argv
+from hf_rlhf.recipes import load_pipeline_recipe, parse_stage_args
+from hf_rlhf.stages import STAGES
 
 from .conftest import RECIPES
 

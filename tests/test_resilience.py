@@ -341,7 +341,8 @@ def stage_weights(stage_dir) -> dict:
 
 @pytest.mark.slow
 def test_pipeline_killed_while_saving_and_between_checkpoints_resumes_to_the_uninterrupted_result(tmp_path):
-    from hf_rlhf.pipeline import load_pipeline_recipe, run_pipeline
+    from hf_rlhf.pipeline import run_pipeline
+    from hf_rlhf.recipes import load_pipeline_recipe
 
     recipe = tiny_pipeline(tmp_path)
     straight = tmp_path / "straight"

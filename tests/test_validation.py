@@ -5,10 +5,9 @@ import os
 import pytest
 from datasets import Dataset, DatasetDict
 
-from hf_rlhf.configs import RecipeError
 from hf_rlhf.data.formats import DataValidationError
 from hf_rlhf.modeling import ModelNotFoundError
-from hf_rlhf.pipeline import load_pipeline_recipe
+from hf_rlhf.recipes import RecipeError, load_pipeline_recipe
 from hf_rlhf.stages import pretrain, sft
 
 from .conftest import RECIPES

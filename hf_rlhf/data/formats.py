@@ -9,6 +9,8 @@ split, the row, the column and what was expected, and is raised before a model i
 
 from __future__ import annotations
 
+from ..errors import DataValidationError
+
 import glob
 import os
 import re
@@ -22,9 +24,6 @@ from ..hub import HubInputError, is_hub_id, resolve_input
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 MAX_REPORTED_ERRORS = 5
 
-
-class DataValidationError(ValueError):
-    """A dataset that a stage cannot train on. The message says where and what was expected."""
 
 
 @dataclass

@@ -11,25 +11,12 @@ from __future__ import annotations
 import json
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
+from ..configs import EvaluationArguments
 from ..manifest import atomic_write_json, require_complete
 from .generation import bootstrap_ci, chat_prompts, generate, sequence_kl
-
-
-@dataclass
-class EvaluationArguments:
-    """How the pipeline measures each model with the gold labeler on the held-out prompts."""
-
-    temperature: float = 1.0
-    max_new_tokens: int = 32
-    few_shot_examples: int = 3
-    best_of_n: int = 8
-    num_samples_shown: int = 4
-    batch_size: int = 50
-    bootstrap_resamples: int = 2000
-    seed: int = 0
 
 
 def gold_agreement(gold: list[list[float]], predicted: list[list[float]]) -> tuple[float, int]:

@@ -46,6 +46,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from ..errors import HubError, HubInputError, HubPushError
 from ..manifest import MANIFEST, atomic_write_json, read_manifest, require_complete
 
 logger = logging.getLogger(__name__)
@@ -68,18 +69,6 @@ ALLOWED_FILES = (
 NEVER_FILES = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "*.h5", "*.msgpack", "*.npy", "*.npz")
 DATASET_STAGES = ("sample",)  # stages whose output is a dataset repo, not a model repo
 LOCAL_ONLY_KEYS = ("hub", "pipeline_args_hash")  # manifest keys that describe this machine's copy only
-
-
-class HubError(RuntimeError):
-    """A Hub input that cannot be read, or a stage that cannot be pushed. The message says what to do."""
-
-
-class HubInputError(HubError):
-    """A Hub repo id that cannot be resolved (not found, no such revision, gated, offline and not cached)."""
-
-
-class HubPushError(HubError):
-    """A push that failed; the local stage output is untouched and `hf-rlhf push` retries it."""
 
 
 # ------------------------------------------------------------------------------------------------ settings

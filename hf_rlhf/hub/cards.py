@@ -59,7 +59,8 @@ def template_path(name: str) -> str:
             return str(candidate)
     except ModuleNotFoundError:
         pass
-    source = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_cards", f"{name}.md")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # hf_rlhf/hub/ -> the repo
+    source = os.path.join(repo, "model_cards", f"{name}.md")
     if not os.path.isfile(source):
         raise FileNotFoundError(f"no card template '{name}'")
     return source

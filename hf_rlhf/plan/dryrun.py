@@ -45,7 +45,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..configs import RecipeError, load_yaml_mapping, parse_stage_args
+from ..recipes import RecipeError, load_yaml_mapping, parse_stage_args
 from .known_models import DATASETS, MODELS, WORLD_DATASETS
 
 GiB = 1024**3
@@ -1121,7 +1121,7 @@ def _reference(arch: Architecture, peft_config: Any, frozen: dict) -> Role:
 # --------------------------------------------------------------------------------------------- entry points
 def parse_stage(stage: str, argv: list[str]) -> tuple:
     """The stage's dataclasses, parsed by its own parser from `argv` (as the real run does)."""
-    from ..pipeline import STAGES
+    from ..stages import STAGES
 
     module = STAGES[stage].module
     parser = module.make_parser(algorithm=module.algorithm_of(argv)) if stage == "rl" else module.make_parser()
@@ -1205,7 +1205,9 @@ def plan_pipeline(
         extra_argv (`list[str]`, *optional*): Command-line options appended to `until`'s arguments.
     """
     from ..data.world import WORLD_DATASETS as WORLD_NAMES
-    from ..pipeline import STAGES, load_pipeline_recipe, stage_argv
+    from ..pipeline import stage_argv
+    from ..recipes import load_pipeline_recipe
+    from ..stages import STAGES
 
     recipe = load_pipeline_recipe(path, output_dir)
     launch_section = recipe.launch

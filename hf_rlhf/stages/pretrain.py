@@ -14,18 +14,24 @@ from itertools import chain
 from transformers import Trainer, default_data_collator, set_seed
 from trl import ModelConfig, TrlParser
 
-from ..configs import DataArguments, PretrainConfig, RecipeError, parse_stage_args
+from ..configs import DataArguments, PretrainConfig
 from ..data.formats import check_text_dataset, load_stage_dataset
 from ..manifest import save_trainer_stage, start_stage
 from ..modeling import load_causal_lm, load_tokenizer, model_from_config, resolve_model_path, sync_model_to_tokenizer
+from ..recipes import RecipeError, parse_stage_args
 from ..resilience import resilient
 from ..tokenizer import train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
 
 
+def arguments(algorithm: str | None = None) -> tuple[type, ...]:
+    """The dataclasses of this stage, in the order `run` takes them."""
+    return (DataArguments, PretrainConfig, ModelConfig)
+
+
 def make_parser(prog: str | None = None) -> TrlParser:
-    return TrlParser((DataArguments, PretrainConfig, ModelConfig), prog=prog)
+    return TrlParser(arguments(), prog=prog)
 
 
 def pack(dataset, tokenizer, column: str, block_size: int, num_proc: int | None = None):

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 from datasets import Dataset
 from transformers import set_seed
-from trl import ModelConfig, RewardConfig, TrlParser
+from trl import ModelConfig, TrlParser
 
-from ..configs import DataArguments, RecipeError, parse_stage_args
+from ..configs import DataArguments, RewardStageConfig
 from ..data.formats import DataValidationError, load_stage_dataset
 from ..data.preference import to_groups
 from ..manifest import save_trainer_stage, start_stage
@@ -32,6 +31,7 @@ from ..modeling import (
     torch_dtype,
     trainable_parameters,
 )
+from ..recipes import RecipeError, parse_stage_args
 from ..resilience import resilient
 from ..reward.scorer import encode_for_reward, score_sequences, shift_reward
 from ..reward.trainer import GroupedPreferenceCollator, GroupedRewardTrainer, plot_calibration, quality_report
@@ -39,36 +39,13 @@ from ..reward.trainer import GroupedPreferenceCollator, GroupedRewardTrainer, pl
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class RewardStageConfig(RewardConfig):
-    """TRL's `RewardConfig`, plus how bad rows, long rows and centring are handled.
-
-    Defaults that differ from `RewardConfig`: `activation_checkpointing=False` and `bf16=False` (as for SFT).
-    """
-
-    invalid_rows: str = field(
-        default="error",
-        metadata={"help": "Invalid comparison rows: 'error' stops naming the row, 'drop' drops and counts them."},
-    )
-    too_long: str = field(
-        default="drop",
-        metadata={"help": "Sequences over max_length: 'drop' the row, 'truncate' (keep the end), or 'error'."},
-    )
-    reference_dataset: str | None = field(
-        default=None,
-        metadata={"help": "Dataset whose mean reward is centred to 0 (the SFT demonstrations). Unset: no centring."},
-    )
-    reference_max_samples: int = field(default=1000, metadata={"help": "Reference rows used for centring."})
-    calibration_bins: int = field(default=10, metadata={"help": "Bins of the held-out calibration table."})
-    gradient_checkpointing: bool | None = field(
-        default=None, metadata={"help": "Deprecated alias of `activation_checkpointing` (transformers v5)."}
-    )
-    activation_checkpointing: bool | None = field(default=False, metadata={"help": "Recompute activations."})
-    bf16: bool | None = field(default=False, metadata={"help": "Use bf16 mixed precision."})
+def arguments(algorithm: str | None = None) -> tuple[type, ...]:
+    """The dataclasses of this stage, in the order `run` takes them."""
+    return (DataArguments, RewardStageConfig, ModelConfig)
 
 
 def make_parser(prog: str | None = None) -> TrlParser:
-    return TrlParser((DataArguments, RewardStageConfig, ModelConfig), prog=prog)
+    return TrlParser(arguments(), prog=prog)
 
 
 def encode_groups(groups: list[dict], tokenizer, args: RewardStageConfig, where: str) -> tuple[list[dict], dict]:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import set_seed
-from trl import GRPOConfig, ModelConfig, RLOOConfig, TrlParser
+from trl import ModelConfig, TrlParser
 
-from ..configs import DataArguments, RecipeError, parse_stage_args
+from ..configs import RL_CONFIGS, DataArguments, RLArguments
 from ..data.formats import DataValidationError, dataset_fingerprint, load_stage_dataset
 from ..manifest import finish_stage, read_manifest, start_stage
 from ..modeling import (
@@ -29,35 +28,16 @@ from ..modeling import (
     resolve_model_path,
     trainable_parameters,
 )
-from ..ppo.config import PPOConfig
+from ..recipes import RecipeError, parse_stage_args
 from ..resilience import resilient
 from ..reward.scorer import RewardModelScorer, resolve_reward_func
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class RLArguments:
-    """What the RL stage optimises: the algorithm and the rewards."""
-
-    algorithm: str = field(default="ppo", metadata={"help": "'ppo' (hf_rlhf's own), 'grpo' or 'rloo' (TRL)."})
-    reward_model_path: str | None = field(default=None, metadata={"help": "Reward stage output (or any RM)."})
-    value_model_path: str | None = field(
-        default=None, metadata={"help": "PPO value model initialisation (default: the reward model)."}
-    )
-    reward_funcs: list[str] | None = field(
-        default=None,
-        metadata={"help": "Extra reward functions: 'tiny_world_gold' or 'package.module:function'."},
-    )
-    world_seed: int = field(default=0, metadata={"help": "Seed of the tiny world for 'tiny_world_gold'."})
-
-
-CONFIGS = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}
-
-
 def algorithm_of(argv: list[str]) -> str:
     """The `algorithm` of a command line (or its --config recipe), read before choosing the config class."""
-    from ..configs import load_yaml_mapping
+    from ..recipes import load_yaml_mapping
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
@@ -65,13 +45,21 @@ def algorithm_of(argv: list[str]) -> str:
     known, _ = pre.parse_known_args(argv)
     algorithm = known.algorithm or (load_yaml_mapping(known.config).get("algorithm") if known.config else None)
     algorithm = algorithm or "ppo"
-    if algorithm not in CONFIGS:
-        raise RecipeError(f"algorithm must be one of {sorted(CONFIGS)}, got {algorithm!r}")
+    if algorithm not in RL_CONFIGS:
+        raise RecipeError(f"algorithm must be one of {sorted(RL_CONFIGS)}, got {algorithm!r}")
     return algorithm
 
 
+def arguments(algorithm: str | None = None) -> tuple[type, ...]:
+    """The dataclasses of this stage for `algorithm` (default ppo), in the order `run` takes them."""
+    algorithm = algorithm or "ppo"
+    if algorithm not in RL_CONFIGS:
+        raise RecipeError(f"algorithm must be one of {sorted(RL_CONFIGS)}, got {algorithm!r}")
+    return (DataArguments, RLArguments, RL_CONFIGS[algorithm], ModelConfig)
+
+
 def make_parser(prog: str | None = None, algorithm: str = "ppo") -> TrlParser:
-    return TrlParser((DataArguments, RLArguments, CONFIGS[algorithm], ModelConfig), prog=prog)
+    return TrlParser(arguments(algorithm), prog=prog)
 
 
 def reward_functions(

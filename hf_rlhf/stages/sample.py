@@ -10,45 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 from datasets import Dataset, DatasetDict
 
-from ..configs import DataArguments
+from ..configs import DataArguments, SampleArguments
 from ..eval.generation import format_prompts, generate
 from ..manifest import finish_stage, require_complete, start_stage
 from ..resilience import process_state
 from ..reward.scorer import as_messages
 
 LABELERS = ("none", "tiny_world")
-
-
-@dataclass
-class SampleArguments:
-    """How `hf-rlhf sample` writes K completions per prompt."""
-
-    model_name_or_path: str | None = field(default=None, metadata={"help": "The model that writes (the SFT model)."})
-    output_dir: str | None = field(default=None, metadata={"help": "Where the comparison dataset is written."})
-    num_completions: int = field(default=4, metadata={"help": "K: completions per prompt (>= 2)."})
-    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature (top-k and top-p are off)."})
-    max_new_tokens: int = field(default=32, metadata={"help": "Tokens to sample at most per completion."})
-    batch_size: int = field(default=64, metadata={"help": "Sequences generated at a time."})
-    seed: int = field(default=0, metadata={"help": "Sampling seed."})
-    max_prompts: int | None = field(default=None, metadata={"help": "Use at most this many prompts."})
-    labeler: str = field(
-        default="none",
-        metadata={"help": "Who fills `ranking`: 'none' (left empty for people) or 'tiny_world' (the gold labeler)."},
-    )
-    world_seed: int = field(default=0, metadata={"help": "Seed of the tiny world whose gold labeler ranks."})
-    test_split_size: float = field(default=0.1, metadata={"help": "Fraction of prompts held out as the test split."})
-    export_jsonl: bool = field(default=True, metadata={"help": "Also write comparisons_<split>.jsonl for people."})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code."})
-    # The trainer stages' Hub options, same names: the comparisons are pushed as a dataset repo (parquet and a card)
-    push_to_hub: bool = field(default=False, metadata={"help": "Push the comparisons to the Hub when complete."})
-    hub_model_id: str | None = field(default=None, metadata={"help": "Dataset repo id (org/name) to push to."})
-    hub_private_repo: bool | None = field(default=None, metadata={"help": "Create the dataset repo private."})
-    hub_revision: str | None = field(default=None, metadata={"help": "Branch to push to (default: main)."})
 
 
 def ranks_from_scores(scores: list[float]) -> list[int]:
@@ -78,9 +50,9 @@ def sample_completions(
 
 def run(data_args: DataArguments, args: SampleArguments) -> dict[str, Any]:
     """Write the comparison dataset (and JSONL exports) to `args.output_dir`; returns the manifest."""
-    from ..configs import RecipeError
     from ..data.formats import DataValidationError, load_stage_dataset
     from ..modeling import load_model_for_inference, resolve_model_path
+    from ..recipes import RecipeError
 
     if args.num_completions < 2:
         raise RecipeError(f"num_completions must be at least 2, got {args.num_completions}")
@@ -139,15 +111,20 @@ def _question(prompt: Any) -> str:
     return messages[-1]["content"] if messages else prompt
 
 
+def arguments(algorithm: str | None = None) -> tuple[type, ...]:
+    """The dataclasses of this stage, in the order `run` takes them."""
+    return (DataArguments, SampleArguments)
+
+
 def make_parser(prog: str | None = None):
     from trl import TrlParser
 
-    return TrlParser((DataArguments, SampleArguments), prog=prog)
+    return TrlParser(arguments(), prog=prog)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """`hf-rlhf sample`: K completions per prompt, ready to be ranked."""
-    from ..configs import parse_stage_args
+    from ..recipes import parse_stage_args
 
     data_args, args = parse_stage_args(make_parser("hf-rlhf sample"), argv)
     manifest = run(data_args, args)

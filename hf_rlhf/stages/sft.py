@@ -14,17 +14,23 @@ import math
 from transformers import set_seed
 from trl import ModelConfig, SFTTrainer, TrlParser
 
-from ..configs import DataArguments, RecipeError, SFTStageConfig, parse_stage_args
+from ..configs import DataArguments, SFTStageConfig
 from ..data.formats import check_sft_dataset, is_conversational_dataset, load_stage_dataset
 from ..manifest import save_trainer_stage, start_stage
 from ..modeling import load_causal_lm, load_tokenizer, peft_config_for, resolve_model_path, trainable_parameters
+from ..recipes import RecipeError, parse_stage_args
 from ..resilience import resilient
 
 logger = logging.getLogger(__name__)
 
 
+def arguments(algorithm: str | None = None) -> tuple[type, ...]:
+    """The dataclasses of this stage, in the order `run` takes them."""
+    return (DataArguments, SFTStageConfig, ModelConfig)
+
+
 def make_parser(prog: str | None = None) -> TrlParser:
-    return TrlParser((DataArguments, SFTStageConfig, ModelConfig), prog=prog)
+    return TrlParser(arguments(), prog=prog)
 
 
 def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: ModelConfig) -> dict:

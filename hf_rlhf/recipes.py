@@ -1,0 +1,174 @@
+"""Recipes: YAML loading with key checks, the pipeline recipe, and the command-line parse of a stage.
+
+A stage recipe is a flat YAML mapping of the keys of the stage's dataclasses (TRL's `TrlParser` convention); a
+pipeline recipe (`PipelineRecipe`) names an output directory, the tiny world to generate, the stages with their
+recipes and overrides, how to evaluate, and optionally the Hub and launch settings. Every error names the file and
+the key at fault, with a suggestion for a misspelt key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import yaml
+from trl import TrlParser
+
+from .configs import EvaluationArguments, WorldArguments
+from .errors import RecipeError
+
+STAGE_NAMES = ("pretrain", "sft", "sample", "reward", "rl")  # in pipeline order; `hf_rlhf.stages.STAGES` has them
+
+
+def parser_keys(parser: TrlParser) -> set[str]:
+    return {action.dest for action in parser._actions if action.dest != "help"}
+
+
+def load_yaml_mapping(path: str) -> dict:
+    """Read a YAML file that must hold a mapping, with the file named in every error."""
+    if not os.path.isfile(path):
+        raise RecipeError(f"recipe file '{path}' does not exist")
+    try:
+        with open(path) as f:
+            content = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"recipe file '{path}' is not valid YAML: {e}") from e
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise RecipeError(f"recipe file '{path}' must hold a mapping of keys to values, got {type(content).__name__}")
+    return content
+
+
+def check_keys(keys: dict | list, valid: set[str], where: str) -> None:
+    """Raise a `RecipeError` naming `where` and the first key that no dataclass of the stage knows."""
+    for key in keys:
+        if key not in valid and key != "env":
+            close = difflib.get_close_matches(str(key), sorted(valid), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise RecipeError(f"{where}: unknown key '{key}'.{hint}")
+
+
+def parse_stage_args(parser: TrlParser, args: list[str] | None = None) -> tuple:
+    """`TrlParser.parse_args_and_config` with errors that name the recipe file and the key at fault."""
+    import sys
+
+    args = list(sys.argv[1:] if args is None else args)
+    valid = parser_keys(parser)
+    if "--config" in args:
+        i = args.index("--config")
+        if i + 1 >= len(args):
+            raise RecipeError("--config needs a path to a YAML recipe")
+        path = args[i + 1]
+        check_keys(load_yaml_mapping(path), valid, f"recipe file '{path}'")
+    flags = [a[2:].split("=", 1)[0].replace("-", "_") for a in args if a.startswith("--")]
+    check_keys([f for f in flags if f not in ("config", "help")], valid, "command line")
+    parsed = parser.parse_args_and_config(args)
+    from .hub import pin_model_revision  # `model_revision` of a Hub model: `org/name@revision`
+
+    for config in parsed:
+        pin_model_revision(config)
+    return parsed
+
+
+def to_cli_args(values: dict[str, Any]) -> list[str]:
+    """Turn a mapping of overrides into `--key value` strings that `TrlParser` parses back."""
+    out = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, dict):
+            value = json.dumps(value)
+        elif isinstance(value, list):
+            out.append(f"--{key}")
+            out.extend(str(v) for v in value)
+            continue
+        out.extend([f"--{key}", str(value)])
+    return out
+
+
+@dataclass
+class HubSettings:
+    """A pipeline recipe's `hub:` section: push every stage, and chain the stages through the Hub.
+
+    No token here, ever: it comes from HF_TOKEN or `hf auth login`.
+    """
+
+    namespace: str  # user or organisation of the repos
+    repo_prefix: str | None = None  # repo names are <repo_prefix><stage>; default "<output_dir name>-"
+    private: bool | None = None  # create the repos private
+    revision: str = "main"  # branch every stage pushes to (and is read from)
+    endpoint: str | None = None  # Hub URL; default HF_ENDPOINT (huggingface.co)
+    pull: bool = True  # stage N+1 reads stage N's repo at the pushed commit, not its local directory
+    push_datasets: bool = True  # push the tiny world's datasets as dataset repos (read from there with `pull`)
+
+    def repo_id(self, name: str, output_dir: str) -> str:
+        prefix = self.repo_prefix if self.repo_prefix is not None else os.path.basename(os.path.normpath(output_dir))
+        prefix = prefix if self.repo_prefix is not None else f"{prefix}-"
+        return f"{self.namespace}/{prefix}{REPO_NAMES.get(name, name)}"
+
+
+REPO_NAMES = {"sample": "comparisons"}  # a stage's repo name, when it is not the stage's name
+
+
+@dataclass
+class PipelineRecipe:
+    path: str
+    output_dir: str
+    stages: dict[str, dict[str, Any]]
+    world: WorldArguments | None = None
+    evaluation: EvaluationArguments = field(default_factory=EvaluationArguments)
+    hub: HubSettings | None = None
+    # `launch:` what the recipe is sized for (`accelerate_config`, `gpu_memory_gb`); read by `--dry-run` only
+    launch: dict[str, Any] = field(default_factory=dict)
+
+
+def load_pipeline_recipe(path: str, output_dir: str | None = None) -> PipelineRecipe:
+    """Read and check a pipeline recipe; every error names the file and the key at fault."""
+    raw = load_yaml_mapping(path)
+    where = f"pipeline recipe '{path}'"
+    check_keys(raw, {"output_dir", "world", "stages", "evaluation", "hub", "launch"}, where)
+    stages = raw.get("stages") or {}
+    if not isinstance(stages, dict) or not stages:
+        raise RecipeError(f"{where}: 'stages' must map stage names ({', '.join(STAGE_NAMES)}) to their settings")
+    check_keys(stages, set(STAGE_NAMES), f"{where}, 'stages'")
+    base = os.path.dirname(os.path.abspath(path))
+    for name, spec in stages.items():
+        spec = spec or {}
+        check_keys(spec, {"recipe", "overrides", "merge"}, f"{where}, stage '{name}'")
+        if "recipe" in spec:
+            spec["recipe"] = os.path.join(base, spec["recipe"])
+            if not os.path.isfile(spec["recipe"]):
+                raise RecipeError(f"{where}, stage '{name}': recipe file '{spec['recipe']}' does not exist")
+        stages[name] = spec
+    world = raw.get("world")
+    if world is not None:
+        check_keys(world, {f.name for f in fields(WorldArguments)} - {"output_dir"}, f"{where}, 'world'")
+    evaluation = raw.get("evaluation") or {}
+    check_keys(evaluation, {f.name for f in fields(EvaluationArguments)}, f"{where}, 'evaluation'")
+    hub_section = raw.get("hub")
+    if hub_section is not None:
+        check_keys(hub_section, {f.name for f in fields(HubSettings)}, f"{where}, 'hub'")
+        if not hub_section.get("namespace"):
+            raise RecipeError(f"{where}, 'hub': set 'namespace' (the user or organisation of the repos)")
+    launch = raw.get("launch") or {}
+    check_keys(launch, {"accelerate_config", "gpu_memory_gb"}, f"{where}, 'launch'")
+    if "accelerate_config" in launch:
+        launch["accelerate_config"] = os.path.join(base, launch["accelerate_config"])
+        if not os.path.isfile(launch["accelerate_config"]):
+            raise RecipeError(f"{where}, 'launch': accelerate config '{launch['accelerate_config']}' does not exist")
+    out = output_dir or raw.get("output_dir")
+    if not out:
+        raise RecipeError(f"{where}: set 'output_dir' in the recipe or pass --output_dir")
+    return PipelineRecipe(
+        path=path,
+        output_dir=out,
+        stages={name: stages[name] for name in STAGE_NAMES if name in stages},
+        world=WorldArguments(output_dir=os.path.join(out, "data"), **world) if world is not None else None,
+        evaluation=EvaluationArguments(**evaluation),
+        hub=HubSettings(**hub_section) if hub_section is not None else None,
+        launch=launch,
+    )
