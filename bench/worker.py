@@ -75,8 +75,8 @@ class TrainProbe:
 
 
 def run_hf_rlhf(stage: str, a: argparse.Namespace) -> dict[str, Any]:
-    """The stage exactly as `hf-rlhf <stage>` runs it: `parse_stage_args` on a CLI argv, then `run`."""
-    from hf_rlhf.recipes import parse_stage_args
+    """The stage exactly as `hf-rlhf <stage>` runs it: `parse_command_line` on a CLI argv, then `run`."""
+    from hf_rlhf.recipes import parse_command_line
     from hf_rlhf.stages import pretrain, sft
 
     argv = ["--config", a.recipe, "--dataset_name", a.dataset, "--output_dir", a.output_dir]
@@ -87,7 +87,7 @@ def run_hf_rlhf(stage: str, a: argparse.Namespace) -> dict[str, Any]:
         argv += ["--model_name_or_path", a.model]
         module = sft
     start = time.perf_counter()
-    manifest = module.run(*parse_stage_args(module.make_parser(), argv))
+    manifest = module.run(*parse_command_line(module.arguments, argv, prog=f"hf-rlhf {stage}"))
     stage_s = time.perf_counter() - start
     metrics = manifest["metrics"]
     return {"stage_s": stage_s, "train_loss": metrics["train_loss"], "eval_loss": metrics.get("eval_loss")}

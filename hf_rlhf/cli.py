@@ -25,13 +25,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("hf_rlhf.eval.compare:main", "Pipeline reports side by side (e.g. full precision, LoRA, QLoRA)."),
     "pipeline": ("hf_rlhf.pipeline:main", "Run the stages of a pipeline recipe in order and write the report."),
     "push": (
-        "hf_rlhf.hub:main",
-        "Push a finished stage (or a dataset) to the Hub in one commit; retries a failed push.",
+        "hf_rlhf.hub.push:main",
+        "Push a finished stage (or a dataset) to the Hub; retries a failed push.",
     ),
 }
 
 
-DRY_RUN_STAGES = ("pretrain", "sft", "sample", "reward", "rl")  # `pipeline --dry-run` is the pipeline's own option
+# `--dry-run`: the plan and memory estimate of a stage or pipeline, without loading weights (hf_rlhf.plan)
+DRY_RUN = {
+    "pipeline": "hf_rlhf.plan.pipeline:main",
+    **dict.fromkeys(("pretrain", "sft", "sample", "reward", "rl"), "hf_rlhf.plan.pipeline:stage_main"),
+}
 
 
 def _load(target: str) -> Callable[[list[str]], object]:
@@ -64,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 
     use_cpu_if_no_accelerator()  # `accelerate launch` of several processes on a machine without GPUs: CPU + gloo
     target = COMMANDS[name][0]
-    if "--dry-run" in rest and name in DRY_RUN_STAGES:  # the stage's plan, without loading it (hf_rlhf.plan.dryrun)
-        target, rest = "hf_rlhf.plan.dryrun:stage_main", [name, *rest]
+    if "--dry-run" in rest and name in DRY_RUN:
+        target = DRY_RUN[name]
+        rest = rest if name == "pipeline" else [name, *rest]
     try:
         _load(target)(rest)
     except USER_ERRORS as e:

@@ -1,9 +1,9 @@
-"""Configuration dataclasses of every stage, and the recipe parser.
+"""Configuration dataclasses of every stage.
 
 Each stage is configured like a TRL script: a data dataclass, the stage's trainer config (a subclass of the upstream
-config, adding only what is new) and TRL's `ModelConfig` for the model, LoRA and quantization flags. They are parsed
-with TRL's `TrlParser` from a YAML recipe plus command-line overrides, and a notebook builds the same dataclasses
-directly.
+config, adding only what is new) and TRL's `ModelConfig` for the model, LoRA and quantization flags. `hf_rlhf.recipes`
+parses them from a YAML recipe plus command-line overrides (or the pipeline's values); a notebook builds the same
+dataclasses directly.
 """
 
 from __future__ import annotations
@@ -13,27 +13,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainingArguments
-from trl import GRPOConfig, RewardConfig, RLOOConfig, SFTConfig
+from trl import GRPOConfig, RewardConfig, RLOOConfig, ScriptArguments, SFTConfig
 
+from .errors import RecipeError
 from .ppo.config import PPOConfig
 
 
 @dataclass
-class DataArguments:
-    """Where a stage's data comes from.
+class DataArguments(ScriptArguments):
+    """TRL's `ScriptArguments` (`dataset_name`, `dataset_config`, `dataset_train_split`, `dataset_test_split`), plus
+    how a stage carves a held-out split and caps its rows.
 
-    `dataset_name` is a directory written by `datasets.save_to_disk` (a `Dataset` or a `DatasetDict`), or a data
-    file (`.jsonl`, `.json`, `.csv`, `.parquet`).
+    `dataset_name` is a directory written by `datasets.save_to_disk` (a `Dataset` or a `DatasetDict`), a data file
+    (`.jsonl`, `.json`, `.csv`, `.parquet`) or a Hub dataset id (`org/name`, `org/name@revision`). TRL's
+    `dataset_streaming` and `ignore_bias_buffers` are refused when set: no stage streams yet.
     """
 
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "Dataset: a `save_to_disk` directory or a .jsonl/.json/.csv/.parquet file."},
-    )
-    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name, if any."})
-    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
-    dataset_test_split: str = field(
-        default="test", metadata={"help": "Held-out split for evaluation; made from the train split if missing."}
+        metadata={"help": "Dataset: a `save_to_disk` directory, a .jsonl/.json/.csv/.parquet file or a Hub id."},
     )
     eval_split_size: float = field(
         default=0.05,
@@ -42,6 +40,11 @@ class DataArguments:
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Truncate the train split to this many rows (for quick runs)."}
     )
+
+    def __post_init__(self):
+        for name in ("dataset_streaming", "ignore_bias_buffers"):
+            if getattr(self, name):
+                raise RecipeError(f"`{name}` is not supported by hf_rlhf's stages: leave it unset")
 
 
 @dataclass

@@ -3,8 +3,11 @@
 A finished stage directory holds the model, the tokenizer, the card (`README.md`) and `hf_rlhf_manifest.json`: stage
 name, resolved config, metrics, the exact inputs (with the repo and commit of each input read from the Hub), the
 lineage of upstream stages, and `"complete": true`. The manifest is written last and atomically (temporary file, then
-rename), so a directory whose manifest is missing or not complete is never handed to the next stage. A stage asked to
-push (`push_to_hub`) is pushed once, after its manifest is complete (`hf_rlhf.hub`).
+rename), so a directory whose manifest is missing or not complete is never handed to the next stage.
+
+Stages pass their inputs explicitly (`ResolvedInput`s, `hf_rlhf.hub.resolve`): sources and lineage are built from
+them alone. Writing a manifest never pushes; a stage asked to push calls `hf_rlhf.hub.push.push_stage` itself, once
+the manifest is complete. What is pushed is `shared_manifest`: this machine's records and paths left out.
 """
 
 from __future__ import annotations
@@ -13,17 +16,23 @@ import dataclasses
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from typing import Any
 
+from .data.formats import dataset_fingerprint
 from .errors import IncompleteStageError
+from .hub.cards import inherited_license, write_card
+from .hub.resolve import ResolvedInput
 
 MANIFEST = "hf_rlhf_manifest.json"
+HUB_RECORD = "hf_rlhf_hub.json"  # in a dataset directory pushed by `push_dataset`: where it went (no manifest there)
 PICKLED_TRAINER_FILES = ("training_args.bin",)  # the resolved config goes to the manifest as JSON instead
 CARD_STAGES = ("pretrain", "sft", "reward", "rl", "sample")  # a model card each; `sample` gets a dataset card
 LINEAGE_INPUTS = ("model", "reward_model", "dataset", "adapter")  # inputs that may be upstream stages
-_pending_pushes: dict[str, tuple[Any, Any]] = {}  # output dir -> (hub.PushRequest, the config it was taken from)
+LOCAL_ONLY_KEYS = ("hub", "pipeline_args_hash")  # manifest keys that describe this machine's copy only
+HUB_CACHE_PATH = re.compile(r"(models|datasets)--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<commit>[0-9a-f]{40})")
 
 
 def atomic_write_json(path: str, payload: Any) -> None:
@@ -58,19 +67,8 @@ def config_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(out, default=_jsonable))
 
 
-def start_stage(output_dir: str, args: Any = None) -> None:
-    """Mark a stage directory as in progress: any old manifest goes first, so a crash never looks complete.
-
-    With `args` (the stage's config), its Hub settings (`push_to_hub`, `hub_model_id`...) are taken over: no upstream
-    trainer pushes, and `finish_stage` pushes once the stage is complete. A missing token fails here, before training.
-    """
-    _pending_pushes.pop(os.path.abspath(output_dir), None)  # from an earlier run that died before finishing
-    if args is not None:
-        from .hub import take_push_request
-
-        request = take_push_request(args)
-        if request is not None:
-            _pending_pushes[os.path.abspath(output_dir)] = (request, args)
+def start_stage(output_dir: str) -> None:
+    """Mark a stage directory as in progress: any old manifest goes first, so a crash never looks complete."""
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, MANIFEST)
     if os.path.exists(path):
@@ -85,41 +83,49 @@ def finish_stage(
     inputs: dict[str, Any],
     metrics: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    push: Any = None,
 ) -> dict[str, Any]:
-    """Write the card and the manifest, last, with the completion flag; then push if the stage was asked to.
+    """Write the card and the manifest, last, with the completion flag. Pickled trainer files are removed.
 
-    Pickled trainer files are removed from the output. Returns the manifest (with the `hub` record after a push).
+    Args:
+        inputs: input name -> `ResolvedInput` (or `{"name": ResolvedInput, ...}`, e.g. with a dataset fingerprint),
+            or a plain value (`reward_funcs`, "from scratch"...). Sources and lineage come from these alone; a
+            `"sources"` entry (from another manifest, e.g. a merged adapter's) is kept.
+        push: the stage's push request (`hf_rlhf.hub.push.PushRequest`), recorded so that `hf-rlhf push` knows
+            where the stage was asked to go. Nothing is pushed here.
+
+    Returns:
+        `dict`: the manifest.
     """
     for name in PICKLED_TRAINER_FILES:
         path = os.path.join(output_dir, name)
         if os.path.exists(path):
             os.remove(path)
-    pending = _pending_pushes.pop(os.path.abspath(output_dir), None)
-    if pending is not None:
-        pending[1].push_to_hub = True  # taken over by `start_stage`; the config dump shows what was asked
+    run_dir = _run_dir(output_dir)
+    resolved = {key: r for key, r in ((k, _resolved(v)) for k, v in inputs.items() if k != "sources") if r}
+    sources = dict(inputs.get("sources") or {})
+    for key, item in resolved.items():
+        if item.repo_id:
+            sources[key] = item.record()
+        elif os.path.isdir(item.path):
+            sources[key] = local_source(item.path, run_dir)
     manifest = {
         "stage": stage,
         "configs": {k: config_dict(v) if dataclasses.is_dataclass(v) else v for k, v in configs.items()},
-        "inputs": {**inputs, "sources": input_sources(inputs, configs)},
-        "lineage": lineage(inputs),
+        "inputs": {**{k: _named(v) for k, v in inputs.items() if k != "sources"}, "sources": sources},
+        "lineage": lineage(resolved, run_dir),
         "metrics": metrics,
         **(extra or {}),
-        **({"push": pending[0].record()} if pending is not None else {}),
+        **({"push": push.record()} if push is not None else {}),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "complete": True,
     }
+    if stage in CARD_STAGES and stage != "sample":
+        base = resolved.get("model") or resolved.get("adapter")
+        manifest["license"] = inherited_license(base.path if base else None)
     if stage in CARD_STAGES:
-        from .hub.cards import write_card
-
         write_card(output_dir, manifest)
     atomic_write_json(os.path.join(output_dir, MANIFEST), manifest)  # last: the completion flag
-    if pending is not None:
-        from .hub import push_stage
-
-        request = pending[0]
-        manifest = push_stage(
-            output_dir, request.repo_id, private=request.private, revision=request.revision, token=request.token
-        )
     return manifest
 
 
@@ -127,82 +133,159 @@ def update_manifest(stage_dir: str, **fields: Any) -> dict[str, Any]:
     """Add fields to a finished stage's manifest (rewritten atomically, still complete) and re-render its card."""
     manifest = {**require_complete(stage_dir), **fields}
     if manifest["stage"] in CARD_STAGES:
-        from .hub.cards import write_card
-
         write_card(stage_dir, manifest)
     atomic_write_json(os.path.join(stage_dir, MANIFEST), manifest)
     return manifest
 
 
 # ---------------------------------------------------------------------------------------- sources and lineage
-def _input_name(value: Any) -> Any:
-    return value.get("name") if isinstance(value, dict) else value
+def _resolved(value: Any) -> ResolvedInput | None:
+    """The `ResolvedInput` an input entry carries; a local directory named by a plain string (an input copied from
+    another manifest) counts as one."""
+    if isinstance(value, dict):
+        value = value.get("name")
+    if isinstance(value, ResolvedInput):
+        return value
+    return ResolvedInput(path=value) if isinstance(value, str) and os.path.isdir(value) else None
 
 
-def input_sources(inputs: dict[str, Any], configs: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Where each input came from: the Hub repo, revision and exact commit it was read at, or the name of its local
-    directory (with the repo and commit it was pushed to, if it was). Inputs named only in a config (e.g.
-    `reference_dataset`, `tokenizer_name_or_path`) are included when they were read from the Hub."""
-    from .hub import input_record
-
-    named = {key: _input_name(value) for key, value in inputs.items() if key != "sources"}
-    for config in configs.values():
-        values = config_dict(config) if dataclasses.is_dataclass(config) else config
-        if not isinstance(values, dict):
-            continue
-        for key, value in values.items():
-            if input_record(value) and value not in named.values():
-                named[key] = value
-    sources = dict(inputs.get("sources") or {})  # recorded by the stage these inputs come from (e.g. a merge's)
-    for key, name in named.items():
-        if input_record(name):
-            sources[key] = input_record(name)
-        elif isinstance(name, str) and os.path.isdir(name):
-            sources[key] = {"local": os.path.basename(os.path.normpath(name)), **_pushed(read_manifest(name))}
-    return sources
+def _named(value: Any) -> Any:
+    """An input entry as the manifest keeps it: a `ResolvedInput` by its name (Hub id or path as given)."""
+    if isinstance(value, dict):
+        return {k: _named(v) for k, v in value.items()}
+    return value.name if isinstance(value, ResolvedInput) else value
 
 
-def _pushed(manifest: dict[str, Any] | None) -> dict[str, Any]:
-    hub = (manifest or {}).get("hub") or {}
-    return {k: hub[k] for k in ("repo_id", "repo_type", "commit") if k in hub}
+def _run_dir(stage_dir: str) -> str:
+    """The directory a stage directory sits in (a pipeline's output directory): local paths are relative to it."""
+    return os.path.dirname(os.path.abspath(stage_dir))
 
 
-def lineage(inputs: dict[str, Any]) -> list[dict[str, Any]]:
+def local_source(path: str, run_dir: str) -> dict[str, Any]:
+    """A local input directory: its name, its path relative to the run (this machine's only: never pushed), and the
+    repo and commit it was pushed to, if it was."""
+    rel = os.path.relpath(os.path.abspath(path), run_dir)
+    return {"local": os.path.basename(os.path.normpath(path)), "path": rel, **pushed_record(path)}
+
+
+def pushed_record(directory: str) -> dict[str, Any]:
+    """Where a local stage (its manifest's `hub`) or dataset (`HUB_RECORD`, if it still holds the data pushed) was
+    pushed: `repo_id`, `repo_type`, `commit`; empty if it was not."""
+    hub = (read_manifest(directory) or {}).get("hub")
+    if not hub and os.path.isfile(os.path.join(directory, HUB_RECORD)):
+        with open(os.path.join(directory, HUB_RECORD)) as f:
+            hub = json.load(f)
+        if hub.get("fingerprints") != dataset_fingerprints(directory):
+            hub = None  # the dataset was written again since
+    return {k: hub[k] for k in ("repo_id", "repo_type", "commit") if k in hub} if hub else {}
+
+
+def dataset_fingerprints(directory: str) -> dict[str, str]:
+    """The `datasets` fingerprint of each split of a `save_to_disk` directory (read from its `state.json` files)."""
+    out = {}
+    for root, _, files in os.walk(directory):
+        if "state.json" in files:
+            with open(os.path.join(root, "state.json")) as f:
+                out[os.path.relpath(root, directory)] = json.load(f).get("_fingerprint")
+    return out
+
+
+def lineage(inputs: dict[str, ResolvedInput], run_dir: str) -> list[dict[str, Any]]:
     """The upstream stages of a stage, oldest first: each input stage's own lineage, then that stage.
 
-    An entry is `{"stage", "repo_id", "commit"}` for a stage read from the Hub, or `{"stage", "local"}` (its
-    directory's name, never a full path; plus `repo_id` and `commit` if it was pushed) for a local one.
+    An entry is `{"stage", "repo_id", "commit"}` for a stage read from the Hub, or `{"stage", "local", "path"}` (its
+    directory's name and its path relative to the run; plus `repo_id` and `commit` if it was pushed) for a local one.
     """
-    from .hub import input_path, input_record
-
     chain: list[dict[str, Any]] = []
     for key in LINEAGE_INPUTS:
-        name = _input_name(inputs.get(key))
-        path = input_path(name) if isinstance(name, str) else None
-        upstream = read_manifest(path) if path else None
+        item = inputs.get(key)
+        upstream = read_manifest(item.path) if item is not None and os.path.isdir(item.path) else None
         if not upstream or not upstream.get("stage"):
             continue
-        record = input_record(name)
-        if record:
-            entry = {"stage": upstream["stage"], "repo_id": record["repo_id"], "commit": record["commit"]}
+        inherited = upstream.get("lineage", [])  # as pushed (no local paths) for a stage read from the Hub
+        if item.repo_id:
+            entry = {"stage": upstream["stage"], "repo_id": item.repo_id, "commit": item.commit}
         else:
-            entry = {
-                "stage": upstream["stage"],
-                "local": os.path.basename(os.path.normpath(path)),
-                **_pushed(upstream),
-            }
-        for item in [*upstream.get("lineage", []), entry]:
-            if not any(_same_stage(item, other) for other in chain):
-                chain.append(item)
+            entry = {"stage": upstream["stage"], **local_source(item.path, run_dir)}
+            inherited = [_rebased(e, _run_dir(item.path), run_dir) for e in inherited]
+        for record in [*inherited, entry]:
+            if not any(_same_stage(record, other) for other in chain):
+                chain.append(record)
     return chain
 
 
+def _rebased(entry: dict[str, Any], from_dir: str, to_dir: str) -> dict[str, Any]:
+    """An upstream's lineage entry with its local path made relative to this stage's run."""
+    if not entry.get("path"):
+        return entry
+    return {**entry, "path": os.path.relpath(os.path.normpath(os.path.join(from_dir, entry["path"])), to_dir)}
+
+
 def _same_stage(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    if a["stage"] != b["stage"]:
+        return False
+    if a.get("path") and b.get("path"):
+        return os.path.normpath(a["path"]) == os.path.normpath(b["path"])
     if a.get("commit") and b.get("commit"):
-        return (a["stage"], a["commit"]) == (b["stage"], b["commit"])
-    return (a["stage"], a.get("local"), a.get("repo_id")) == (b["stage"], b.get("local"), b.get("repo_id"))
+        return a["commit"] == b["commit"]
+    return (a.get("local"), a.get("repo_id")) == (b.get("local"), b.get("repo_id"))
 
 
+def with_upstream_pushes(manifest: dict[str, Any], stage_dir: str) -> dict[str, Any]:
+    """The manifest with the pushes its local upstream stages and datasets made since it finished: a stage run
+    locally and pushed afterwards names its base model, datasets and lineage by repo and commit."""
+    run_dir = _run_dir(stage_dir)
+
+    def refreshed(entry: dict[str, Any]) -> dict[str, Any]:
+        path = os.path.join(run_dir, entry["path"]) if entry.get("path") else None
+        return {**entry, **pushed_record(path)} if path and os.path.isdir(path) else entry
+
+    inputs = manifest.get("inputs", {})
+    sources = {key: refreshed(source) for key, source in inputs.get("sources", {}).items()}
+    return {
+        **manifest,
+        "inputs": {**inputs, "sources": sources},
+        "lineage": [refreshed(entry) for entry in manifest.get("lineage", [])],
+    }
+
+
+# --------------------------------------------------------------------------------------- what is pushed
+def shared_manifest(manifest: dict[str, Any], stage_dir: str) -> dict[str, Any]:
+    """The manifest as pushed: without this machine's records (`hub`, `pipeline_args_hash`, local input paths), and
+    every absolute path in it (configs' `output_dir`, `model_name_or_path`, inputs...) replaced by a portable name:
+    `org/name@commit` for a snapshot in the Hub cache, the path relative to the run for a path inside it, else the
+    last component."""
+    shared = {k: v for k, v in manifest.items() if k not in LOCAL_ONLY_KEYS}
+    inputs = shared.get("inputs", {})
+    if inputs.get("sources"):
+        sources = {k: {f: v for f, v in s.items() if f != "path"} for k, s in inputs["sources"].items()}
+        shared["inputs"] = {**inputs, "sources": sources}
+    shared["lineage"] = [{f: v for f, v in e.items() if f != "path"} for e in shared.get("lineage", [])]
+    return _portable(shared, _run_dir(stage_dir))
+
+
+def portable_path(path: str, run_dir: str) -> str:
+    """A local path as something that means the same off this machine (see `shared_manifest`)."""
+    cached = HUB_CACHE_PATH.search(path)
+    if cached:
+        return f"{cached['org']}/{cached['name']}@{cached['commit']}"
+    path = os.path.normpath(path)
+    if path.startswith(run_dir.rstrip(os.sep) + os.sep):
+        return os.path.relpath(path, run_dir)
+    return os.path.basename(path)
+
+
+def _portable(value: Any, run_dir: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _portable(v, run_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v, run_dir) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return portable_path(value, run_dir)
+    return value
+
+
+# --------------------------------------------------------------------------------------------- reading
 def read_manifest(stage_dir: str) -> dict[str, Any] | None:
     path = os.path.join(stage_dir, MANIFEST)
     if not os.path.isfile(path):
@@ -236,12 +319,15 @@ def save_trainer_stage(
     model_args,
     train_dataset,
     metrics: dict[str, Any],
-    inputs: dict[str, Any] | None = None,
+    inputs: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    push: Any = None,
 ) -> dict[str, Any]:
-    """Save a transformers/TRL trainer's model and the tokenizer, then (main process) the card and manifest."""
-    from .data.formats import dataset_fingerprint
+    """Save a transformers/TRL trainer's model and the tokenizer, then (main process) the card and manifest.
 
+    `inputs` holds the stage's `ResolvedInput`s, `"model"` and `"dataset"` (the training data) among them; the
+    dataset is recorded with the fingerprint of `train_dataset`. Returns the manifest (`{}` on other processes).
+    """
     if getattr(trainer, "is_fsdp_enabled", False):  # a sharded state dict would save no weights: gather them
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(training_args.output_dir)  # every process takes part (sharded models); one writes
@@ -252,11 +338,8 @@ def save_trainer_stage(
         training_args.output_dir,
         stage,
         configs={"data": data_args, "training": training_args, "model": model_args},
-        inputs={
-            "model": model_args.model_name_or_path,
-            "dataset": {"name": data_args.dataset_name, "fingerprint": dataset_fingerprint(train_dataset)},
-            **(inputs or {}),
-        },
+        inputs={**inputs, "dataset": {"name": inputs["dataset"], "fingerprint": dataset_fingerprint(train_dataset)}},
         metrics=metrics,
         extra=extra,
+        push=push,
     )

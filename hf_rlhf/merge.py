@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trl import ModelConfig
 
 from .manifest import finish_stage, read_manifest, start_stage
-from .modeling import adapter_base, adapter_task, is_adapter_dir, load_pretrained, load_tokenizer, resolve_model_path
+from .modeling import adapter_base, adapter_task, is_adapter_dir, load_pretrained, load_tokenizer, resolve_model
 from .recipes import RecipeError
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ def merge(adapter_dir: str, output_dir: str, *, dtype: str | None = None, trust_
     Returns:
         `dict`: the manifest of the merged output (same stage as the adapter's, with `merged_from`).
     """
-    path = resolve_model_path(adapter_dir, "adapter")
+    adapter = resolve_model(adapter_dir, "adapter")
+    path = adapter.path
     if not is_adapter_dir(path):
         raise RecipeError(f"'{adapter_dir}' holds full weights, not a LoRA adapter: nothing to merge")
     if os.path.abspath(output_dir) == os.path.abspath(path):
@@ -55,7 +56,7 @@ def merge(adapter_dir: str, output_dir: str, *, dtype: str | None = None, trust_
         output_dir,
         source.get("stage", "merge"),
         configs=source.get("configs", {}),
-        inputs={**source.get("inputs", {}), "adapter": adapter_dir},
+        inputs={**source.get("inputs", {}), "adapter": adapter},
         metrics=source.get("metrics", {}),
         extra={"merged_from": merged_from, **({"model_kind": source["model_kind"]} if "model_kind" in source else {})},
     )

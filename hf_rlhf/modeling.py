@@ -26,7 +26,8 @@ from transformers import (
 )
 from trl import ModelConfig
 
-from .errors import ModelNotFoundError
+from .errors import HubInputError, ModelNotFoundError
+from .hub.resolve import ResolvedInput, is_hub_id, parse_hub_id, resolve_input
 from .tokenizer import PAD_TOKEN
 
 logger = logging.getLogger(__name__)
@@ -34,24 +35,22 @@ ADAPTER_CONFIG = "adapter_config.json"
 SCORE_BIAS_FLAG = "hf_rlhf_score_bias"  # config attribute: the head carries a bias saved as `score.bias`
 
 
-def resolve_model_path(name_or_path: str, what: str = "model", revision: str | None = None) -> str:
-    """The local directory of a model (or tokenizer, adapter base...): a directory as is, or a Hub repo
-    `org/name[@revision]` (`revision`: a separate `*_revision` option) downloaded by `hf_rlhf.hub.resolve_input`,
-    which records the exact commit for the stage's manifest. Anything else is an error that says what was expected.
-    """
-    from .hub import HubInputError, is_hub_id, resolve_input
-
-    if os.path.isdir(name_or_path):
-        return name_or_path
-    if not is_hub_id(name_or_path):
+def resolve_model(name_or_path: str, what: str = "model", revision: str | None = None) -> ResolvedInput:
+    """A model input (tokenizer, adapter...) as a `ResolvedInput`: a local directory, or a Hub repo
+    `org/name[@revision]` (`revision`: a `*_revision` option) with the exact commit it was downloaded at."""
+    if not os.path.isdir(name_or_path) and not is_hub_id(name_or_path):
         raise ModelNotFoundError(
             f"{what} path '{name_or_path}' does not exist (expected a local directory or a Hub repo id "
             "'org/name[@revision]')"
         )
     try:
-        return resolve_input(name_or_path, revision, repo_type="model", what=what).path
+        return resolve_input(name_or_path, revision, repo_type="model", what=what)
     except HubInputError as e:
         raise ModelNotFoundError(str(e)) from None
+
+
+def resolve_model_path(name_or_path: str, what: str = "model", revision: str | None = None) -> str:
+    return resolve_model(name_or_path, what, revision).path
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -153,8 +152,9 @@ def adapter_base(path: str) -> str:
     base, revision = config.get("base_model_name_or_path"), config.get("revision")
     if not base:
         raise ModelNotFoundError(f"adapter '{path}' does not name its base model (base_model_name_or_path)")
-    if revision and not os.path.isdir(base) and "@" not in base:
-        return f"{base}@{revision}"  # a Hub base at the exact commit the adapter was trained on
+    hub_id = parse_hub_id(base) if revision and not os.path.isdir(base) else None
+    if hub_id is not None and hub_id[1] is None:
+        return f"{hub_id[0]}@{revision}"  # a Hub base at the exact commit the adapter was trained on
     return base
 
 
@@ -376,14 +376,16 @@ def peft_config_for(model_args: ModelConfig, role: str = "causal_lm"):
     return config
 
 
-def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; 4-bit weights count as their unpacked size."""
-    trainable = total = 0
-    for p in model.parameters():
-        n = p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)
-        total += n
-        trainable += n if p.requires_grad else 0
-    return trainable, total
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters as peft (`get_nb_trainable_parameters`) or transformers (`num_parameters`) count
+    them, 4-bit weights unpacked; another module (PPO's `PolicyAndValue`, a scalar head) sums over its parts."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    if isinstance(model, PreTrainedModel):
+        return model.num_parameters(only_trainable=True), model.num_parameters()
+    parts = [trainable_parameters(child) for child in model.children()]
+    parts += [(p.numel() if p.requires_grad else 0, p.numel()) for p in model.parameters(recurse=False)]
+    return sum(t for t, _ in parts), sum(n for _, n in parts)
 
 
 def load_model_for_inference(

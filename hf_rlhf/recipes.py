@@ -11,10 +11,12 @@ from __future__ import annotations
 import difflib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import yaml
+from transformers import HfArgumentParser
 from trl import TrlParser
 
 from .configs import EvaluationArguments, WorldArguments
@@ -52,8 +54,40 @@ def check_keys(keys: dict | list, valid: set[str], where: str) -> None:
             raise RecipeError(f"{where}: unknown key '{key}'.{hint}")
 
 
+def parse_command_line(
+    arguments: Callable[[str | None], tuple[type, ...]], argv: list[str] | None, prog: str
+) -> tuple:
+    """A stage's dataclasses from its command line: `--config <recipe>` (read once) and `--key value` overrides.
+
+    What `TrlParser.parse_args_and_config` does (the recipe's values become the parser's defaults, the command line
+    overrides them, `env:` sets environment variables), with every unknown key reported with the recipe file or the
+    command line at fault. `arguments(algorithm)` gives the stage's dataclasses; `algorithm` is read from the command
+    line, else the recipe (the RL stage's config class depends on it).
+    """
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    config, where = {}, "command line"
+    if "--config" in args:
+        i = args.index("--config")
+        if i + 1 >= len(args):
+            raise RecipeError("--config needs a path to a YAML recipe")
+        path = args[i + 1]
+        del args[i : i + 2]
+        config, where = load_yaml_mapping(path), f"recipe file '{path}'"
+    algorithm = _flag_value(args, "algorithm") or config.get("algorithm")
+    parser = TrlParser(arguments(algorithm), prog=prog)
+    valid = parser_keys(parser)
+    check_keys(config, valid, where)
+    flags = [a[2:].split("=", 1)[0].replace("-", "_") for a in args if a.startswith("--")]
+    check_keys([f for f in flags if f != "help"], valid, "command line")
+    set_environment(config.pop("env", None), where)
+    parser.set_defaults_with_config(**config)
+    return pin_revisions(parser.parse_args_into_dataclasses(args=args))
+
+
 def parse_stage_args(parser: TrlParser, args: list[str] | None = None) -> tuple:
-    """`TrlParser.parse_args_and_config` with errors that name the recipe file and the key at fault."""
+    """Deprecated: being replaced by `parse_command_line` (kept while the dry run moves over)."""
     import sys
 
     args = list(sys.argv[1:] if args is None else args)
@@ -66,12 +100,60 @@ def parse_stage_args(parser: TrlParser, args: list[str] | None = None) -> tuple:
         check_keys(load_yaml_mapping(path), valid, f"recipe file '{path}'")
     flags = [a[2:].split("=", 1)[0].replace("-", "_") for a in args if a.startswith("--")]
     check_keys([f for f in flags if f not in ("config", "help")], valid, "command line")
-    parsed = parser.parse_args_and_config(args)
-    from .hub import pin_model_revision  # `model_revision` of a Hub model: `org/name@revision`
+    return pin_revisions(parser.parse_args_and_config(args))
+
+
+def parse_values(types: tuple[type, ...], values: dict[str, Any], where: str) -> tuple:
+    """A stage's dataclasses from a mapping of values (a recipe's, the pipeline's wiring, overrides), parsed once.
+
+    Strings are converted by the parser's own types (as `TrlParser` does for YAML values, e.g. `1e-3`), unknown keys
+    are reported with `where` and a suggestion, and `env:` sets environment variables.
+    """
+    values = dict(values)
+    set_environment(values.pop("env", None), where)
+    parser = HfArgumentParser(types)
+    actions = {action.dest: action for action in parser._actions if action.dest != "help"}
+    check_keys(values, set(actions), where)
+    converted = {}
+    for key, value in values.items():
+        convert = actions[key].type
+        try:
+            if isinstance(value, str) and convert is not None:
+                value = convert(value)
+            elif isinstance(value, list) and convert is not None:
+                value = [convert(v) if isinstance(v, str) else v for v in value]
+        except (TypeError, ValueError) as e:
+            raise RecipeError(f"{where}: key '{key}': {value!r} is not valid ({e})") from None
+        converted[key] = value
+    return pin_revisions(parser.parse_dict(converted))
+
+
+def pin_revisions(parsed: tuple) -> tuple:
+    """`model_name_or_path: org/name@revision` sets `model_revision` (the Hub resolver's one parser)."""
+    from .hub.resolve import pin_model_revision
 
     for config in parsed:
         pin_model_revision(config)
     return parsed
+
+
+def set_environment(env: Any, where: str) -> None:
+    """A recipe's `env:` mapping, as TRL's parser applies it."""
+    if env is None:
+        return
+    if not isinstance(env, dict):
+        raise RecipeError(f"{where}: 'env' must map environment variable names to values")
+    for key, value in env.items():
+        os.environ[str(key)] = str(value)
+
+
+def _flag_value(args: list[str], name: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == f"--{name}" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def to_cli_args(values: dict[str, Any]) -> list[str]:
@@ -143,6 +225,10 @@ def load_pipeline_recipe(path: str, output_dir: str | None = None) -> PipelineRe
             spec["recipe"] = os.path.join(base, spec["recipe"])
             if not os.path.isfile(spec["recipe"]):
                 raise RecipeError(f"{where}, stage '{name}': recipe file '{spec['recipe']}' does not exist")
+            spec["values"] = load_yaml_mapping(spec["recipe"])  # read once; the stage is built from these values
+        overrides = spec.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise RecipeError(f"{where}, stage '{name}': 'overrides' must map option names to values")
         stages[name] = spec
     world = raw.get("world")
     if world is not None:

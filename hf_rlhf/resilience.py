@@ -15,29 +15,31 @@
   the same pipeline command, continues from it. A second SIGTERM stops at once. SIGKILL is covered by the above.
 
 `resilient(TrainerClass)` adds all three to a transformers/TRL trainer class. hf_rlhf's PPO trainer
-(`hf_rlhf.ppo.trainer`) does the same with its own checkpoints (a temporary directory, fsync'd and marked, then
-renamed) and checks its statistics, reduced over the processes, after each update: a non-finite one stops it before
-anything is saved from that state.
+(`hf_rlhf.ppo`) saves its checkpoints through the same `saving_checkpoint` and finds them with the same functions,
+and checks its statistics, reduced over the processes, after each update: a non-finite one stops it before anything
+is saved from that state.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import re
 import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
 
-from .errors import NonFiniteLossError, TrainingInterrupted
+from .errors import NonFiniteLossError, RecipeError, TrainingInterrupted
+from .manifest import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +133,6 @@ def _fsync_dir(path: str) -> None:
 
 def mark_checkpoint_complete(path: str, step: int) -> None:
     """Flush the checkpoint's files, then write its marker (temporary file, fsync, rename): the last thing written."""
-    from .manifest import atomic_write_json
-
     fsync_tree(path)
     atomic_write_json(
         os.path.join(path, CHECKPOINT_MARKER),
@@ -160,12 +160,37 @@ def rotate_checkpoints(output_dir: str, limit: int | None, protect: tuple[str | 
             shutil.rmtree(path, ignore_errors=True)
 
 
+@contextmanager
+def saving_checkpoint(
+    folder: str,
+    step: int,
+    *,
+    saves: bool,
+    wait_for_everyone: Callable[[], None],
+    limit: int | None = None,
+    protect: tuple[str | None, ...] = (),
+) -> Iterator[None]:
+    """Write checkpoint `folder` (`<output_dir>/checkpoint-<step>`) in the body; it counts once the body is done.
+
+    Before: its marker is removed (a folder written again is not complete) and every process waits, so none writes
+    into a folder that still looks complete. After: every process waits until all have written (e.g. each its RNG
+    state), then the saving process (`saves`, the main one) marks it complete and rotates to `limit` complete
+    checkpoints, never deleting this one or those in `protect`. An exception in the body leaves it unmarked.
+    """
+    if saves:
+        unmark_checkpoint(folder)
+    wait_for_everyone()
+    yield
+    wait_for_everyone()
+    if saves:
+        mark_checkpoint_complete(folder, step)
+        rotate_checkpoints(os.path.dirname(folder), limit, protect=(folder, *protect))
+
+
 def resolve_resume(output_dir: str, resume_from_checkpoint: str | bool | None) -> str | None:
     """The checkpoint to resume from: `True` (or "true"/"latest") is the newest complete one in `output_dir`."""
     if resume_from_checkpoint in (None, False, "", "false", "False"):
         return None
-    from .recipes import RecipeError
-
     if resume_from_checkpoint is True or str(resume_from_checkpoint).lower() in ("true", "latest"):
         found = last_complete_checkpoint(output_dir)
         if found is None:
@@ -201,6 +226,11 @@ class StopRequest:
         self.requested = True
         logger.warning("SIGTERM: stopping at the next step boundary and saving a checkpoint (again to stop now)")
 
+    def agreed(self, accelerator) -> bool:
+        """Whether any process was asked to stop; every process gets the same answer (one small reduce)."""
+        flag = torch.tensor(float(self.requested), device=accelerator.device)
+        return bool(accelerator.reduce(flag, reduction="sum") > 0)
+
     @contextmanager
     def on_sigterm(self) -> Iterator[StopRequest]:
         if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
@@ -228,15 +258,29 @@ def nonfinite_message(step: int, losses: list[float | None], output_dir: str) ->
         f"process {i}: {'finite' if value is None else value}" for i, value in enumerate(losses) if len(losses) > 1
     )
     value = next(v for v in losses if v is not None)
-    kept = last_complete_checkpoint(output_dir)
-    kept = f"the last good checkpoint, {kept}, is kept" if kept else "no checkpoint had been saved before it"
     return (
         f"{output_dir}: the training loss is {value} at step {step}{f' ({per_process})' if per_process else ''}. Training "
         f"stopped before the optimizer step; no checkpoint or model was saved from this state and the stage is not "
-        f"complete; {kept}. Try a lower learning_rate, more warmup_steps, gradient clipping (max_grad_norm), fp32 or "
-        "bf16 instead of fp16, or look for bad rows in the data; a run resumed with the same settings may diverge "
-        "again."
+        f"complete; {_kept(output_dir)}. Try a lower learning_rate, more warmup_steps, gradient clipping "
+        "(max_grad_norm), fp32 or bf16 instead of fp16, or look for bad rows in the data; a run resumed with the same "
+        "settings may diverge again."
     )
+
+
+def nonfinite_statistics_message(output_dir: str, update: int, statistics: dict[str, float]) -> str:
+    """PPO's: `statistics` of `update`, reduced over the processes, of which some are NaN or inf."""
+    bad = ", ".join(f"{k}={v}" for k, v in statistics.items() if not math.isfinite(v))
+    return (
+        f"{output_dir}: non-finite PPO statistics at update {update} ({bad}). Training stopped; no checkpoint or "
+        f"model was saved from this state and the stage is not complete; {_kept(output_dir)}. Try a lower "
+        "learning_rate, max_grad_norm, a larger kl_coef, reward_clip or normalize_reward, or check the reward "
+        "functions for NaN/inf; a run resumed with the same settings may diverge again."
+    )
+
+
+def _kept(output_dir: str) -> str:
+    kept = last_complete_checkpoint(output_dir)
+    return f"the last good checkpoint, {kept}, is kept" if kept else "no checkpoint had been saved before it"
 
 
 # ------------------------------------------------------------------------------------ transformers trainers
@@ -317,18 +361,19 @@ class ResilientTrainerMixin:
 
     def _save_checkpoint(self, model, trial) -> None:
         folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
-        if self.args.should_save:
-            unmark_checkpoint(folder)
-        self.accelerator.wait_for_everyone()  # no process writes into a folder that still looks complete
-        limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotated below, after marking
+        limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotated after marking, not inside
         try:
-            super()._save_checkpoint(model, trial)
+            with saving_checkpoint(
+                folder,
+                self.state.global_step,
+                saves=self.args.should_save,
+                wait_for_everyone=self.accelerator.wait_for_everyone,
+                limit=limit,
+                protect=(self.state.best_model_checkpoint,),
+            ):
+                super()._save_checkpoint(model, trial)
         finally:
             self.args.save_total_limit = limit
-        self.accelerator.wait_for_everyone()  # every process's files (e.g. its RNG state) are written
-        if self.args.should_save:
-            mark_checkpoint_complete(folder, self.state.global_step)
-            rotate_checkpoints(self.args.output_dir, limit, protect=(folder, self.state.best_model_checkpoint))
 
 
 @functools.cache

@@ -16,27 +16,18 @@ import sys
 
 
 def install(when: str, step: int) -> None:
-    import hf_rlhf.ppo.trainer as ppo_trainer
     import hf_rlhf.resilience as resilience
 
     mark = resilience.mark_checkpoint_complete
-    rotate = ppo_trainer.PPOTrainer.rotate_checkpoints
 
-    def interrupted_mark(path: str, saved_step: int) -> None:
+    def interrupted_mark(path: str, saved_step: int) -> None:  # the Trainer stages and PPO both mark through it
         if saved_step == step and when == "kill-during":
             os.kill(os.getpid(), signal.SIGKILL)
         mark(path, saved_step)
-        if saved_step == step and when == "kill-after" and not path.endswith(".tmp"):  # PPO: after the rename
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def rotate_then_kill(self) -> None:  # PPO renames the finished checkpoint, then rotates
-        rotate(self)
-        if self.global_step == step and when == "kill-after":
+        if saved_step == step and when == "kill-after":
             os.kill(os.getpid(), signal.SIGKILL)
 
     resilience.mark_checkpoint_complete = interrupted_mark
-    ppo_trainer.mark_checkpoint_complete = interrupted_mark
-    ppo_trainer.PPOTrainer.rotate_checkpoints = rotate_then_kill
 
 
 def ppo_run(output_dir, reward=None, **overrides):

@@ -12,16 +12,19 @@ import shutil
 import pytest
 import torch
 import yaml
-from huggingface_hub import DatasetCard, HfApi, ModelCard, constants, hf_hub_download
+from huggingface_hub import DatasetCard, HfApi, ModelCard, constants, hf_hub_download, snapshot_download
 from safetensors.torch import load_file, save_file
+from transformers import Trainer
 
-from hf_rlhf import hub
 from hf_rlhf.cli import main as cli
 from hf_rlhf.configs import DataArguments
 from hf_rlhf.data.formats import DataValidationError, load_stage_dataset
-from hf_rlhf.manifest import MANIFEST, finish_stage, require_complete
-from hf_rlhf.modeling import ModelNotFoundError, resolve_model_path
-from hf_rlhf.pipeline import run_pipeline, stage_argv
+from hf_rlhf.errors import HubPushError
+from hf_rlhf.hub.push import push_dataset, push_stage
+from hf_rlhf.hub.resolve import forget_downloads, resolve_input
+from hf_rlhf.manifest import MANIFEST, finish_stage, is_complete, require_complete
+from hf_rlhf.modeling import ModelNotFoundError, resolve_model, resolve_model_path
+from hf_rlhf.pipeline import run_pipeline, stage_values
 from hf_rlhf.recipes import RecipeError, load_pipeline_recipe
 from hf_rlhf.stages import pretrain, sft
 
@@ -86,7 +89,7 @@ def test_push_uploads_the_allow_list_and_records_the_commit(hub_server, tiny_pre
         os.makedirs(os.path.dirname(os.path.join(stage, junk)), exist_ok=True)
         open(os.path.join(stage, junk), "wb").write(b"\x80pickle")
     caplog.set_level(logging.DEBUG)
-    manifest = hub.push_stage(stage, "alice/tiny-pretrain")
+    manifest = push_stage(stage, "alice/tiny-pretrain")
 
     api = HfApi(endpoint=hub_server.url)
     files = set(api.list_repo_files("alice/tiny-pretrain")) - {".gitattributes"}
@@ -110,17 +113,17 @@ def test_push_uploads_the_allow_list_and_records_the_commit(hub_server, tiny_pre
     out = capsys.readouterr()
     assert TOKEN not in caplog.text + out.out + out.err
     # pushing the unchanged stage again makes no new commit
-    assert hub.push_stage(stage)["hub"]["commit"] == commit
+    assert push_stage(stage)["hub"]["commit"] == commit
 
 
 def test_one_stage_hands_off_through_the_hub_at_a_pinned_revision(
     hub_server, tiny_pretrain, world_dir, tmp_path, monkeypatch
 ):
     stage = copy_stage(tiny_pretrain, tmp_path)
-    first = hub.push_stage(stage, "alice/tiny-pretrain")["hub"]["commit"]
+    first = push_stage(stage, "alice/tiny-pretrain")["hub"]["commit"]
     weights = load_file(os.path.join(stage, "model.safetensors"))
     save_file({k: v + 1 for k, v in weights.items()}, os.path.join(stage, "model.safetensors"))
-    second = hub.push_stage(stage)["hub"]["commit"]
+    second = push_stage(stage)["hub"]["commit"]
     assert second != first
     # an old revision gets the old weights, the branch the new ones
     old = resolve_model_path(f"alice/tiny-pretrain@{first}")
@@ -135,7 +138,20 @@ def test_one_stage_hands_off_through_the_hub_at_a_pinned_revision(
     argv = ["--config", os.path.join(RECIPES, "tiny", "sft.yaml"), "--dataset_name", world_dir["demonstrations"]]
     argv += ["--model_name_or_path", f"alice/tiny-pretrain@{first}", "--output_dir", out, "--max_steps", "2"]
     argv += ["--per_device_train_batch_size", "8", "--push_to_hub", "true", "--hub_model_id", "alice/tiny-sft"]
+    pushes = []
+
+    def push_once_complete(output_dir, request):
+        pushes.append((output_dir, is_complete(output_dir), request.repo_id))
+        return push_stage(output_dir, request)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the upstream trainer pushed")
+
+    monkeypatch.setattr(sft, "push_stage", push_once_complete)
+    for method in ("init_hf_repo", "push_to_hub", "_push_from_checkpoint"):
+        monkeypatch.setattr(Trainer, method, never)
     manifest = sft.main(argv)
+    assert pushes == [(out, True, "alice/tiny-sft")]  # one push, from run(), after the manifest was complete
     assert manifest["inputs"]["sources"]["model"] == {
         "repo_id": "alice/tiny-pretrain",
         "repo_type": "model",
@@ -154,12 +170,13 @@ def test_one_stage_hands_off_through_the_hub_at_a_pinned_revision(
     assert f"`alice/tiny-pretrain` at commit `{first}`" in card.text and "## Lineage" in card.text
 
 
-def test_datasets_push_as_parquet_and_load_by_repo_id(hub_server, world_dir):
-    repo_id, commit = hub.push_dataset(world_dir["demonstrations"], "tiny-org/demos")
+def test_datasets_push_as_parquet_and_load_by_repo_id(hub_server, world_dir, tmp_path):
+    world_dir = {name: copy_stage(world_dir[name], tmp_path, name) for name in ("demonstrations", "prompts")}
+    repo_id, commit = push_dataset(world_dir["demonstrations"], "tiny-org/demos")
     data = load_stage_dataset(DataArguments(dataset_name=f"{repo_id}@{commit}"))
     local = load_stage_dataset(DataArguments(dataset_name=world_dir["demonstrations"]))
     assert data["train"]["prompt"] == local["train"]["prompt"] and len(data["test"]) == len(local["test"])
-    assert hub.input_record(f"{repo_id}@{commit}")["commit"] == commit
+    assert resolve_input(f"{repo_id}@{commit}", repo_type="dataset").commit == commit
     card = DatasetCard.load(hf_hub_download(repo_id, "README.md", repo_type="dataset"))
     assert "hf-rlhf" in card.data.tags and card.data.configs[0]["data_files"][0]["path"] == "data/train-*.parquet"
     assert "contractor demonstrations" in card.text and 'load_dataset("tiny-org/demos")' in card.text
@@ -168,7 +185,7 @@ def test_datasets_push_as_parquet_and_load_by_repo_id(hub_server, world_dir):
 
 
 def test_an_adapter_is_pushed_with_its_base_named_by_repo_and_commit(hub_server, tiny_pretrain, tmp_path):
-    commit = hub.push_stage(copy_stage(tiny_pretrain, tmp_path), "alice/tiny-pretrain")["hub"]["commit"]
+    commit = push_stage(copy_stage(tiny_pretrain, tmp_path), "alice/tiny-pretrain")["hub"]["commit"]
     base = resolve_model_path("alice/tiny-pretrain")  # a snapshot in the cache: what peft records as the base
     stage = tmp_path / "sft-lora"
     stage.mkdir()
@@ -177,9 +194,9 @@ def test_an_adapter_is_pushed_with_its_base_named_by_repo_and_commit(hub_server,
     save_file({"base_model.model.lm_head.lora_A.weight": torch.zeros(2, 32)}, str(stage / "adapter_model.safetensors"))
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         shutil.copy(os.path.join(tiny_pretrain, name), stage / name)
-    inputs = {"model": "alice/tiny-pretrain", "dataset": {"name": "demos", "fingerprint": "f"}}
+    inputs = {"model": resolve_model("alice/tiny-pretrain"), "dataset": {"name": "demos", "fingerprint": "f"}}
     finish_stage(str(stage), "sft", configs={}, inputs=inputs, metrics={"train_loss": 1.0})
-    hub.push_stage(str(stage), "alice/tiny-sft-lora")
+    push_stage(str(stage), "alice/tiny-sft-lora")
 
     pushed = json.load(open(hf_hub_download("alice/tiny-sft-lora", "adapter_config.json")))
     assert pushed["base_model_name_or_path"] == "alice/tiny-pretrain" and pushed["revision"] == commit
@@ -190,8 +207,60 @@ def test_an_adapter_is_pushed_with_its_base_named_by_repo_and_commit(hub_server,
     assert f'revision="{commit}"' in card.text and "lora" in card.data.tags
 
 
+def pushed_files(server_url: str, repos: list[tuple[str, str]], cache: str) -> dict[str, bytes]:
+    """Every file of the given (repo id, repo type) repos, as downloaded from the server."""
+    out = {}
+    for repo_id, repo_type in repos:
+        folder = snapshot_download(repo_id, repo_type=repo_type, cache_dir=cache, endpoint=server_url)
+        for root, _, files in os.walk(folder):
+            for name in files:
+                path = os.path.join(root, name)
+                out[f"{repo_id}/{os.path.relpath(path, folder)}"] = open(path, "rb").read()
+    return out
+
+
+def test_a_local_run_pushed_afterwards_names_its_upstream_and_holds_no_local_path(
+    hub_server, tiny_pretrain, world_dir, tmp_path, tmp_path_factory
+):
+    run = tmp_path / "run"  # stages run locally, none pushed; then `hf-rlhf push` each, upstream first
+    pretrain_dir = copy_stage(tiny_pretrain, run)
+    demos = copy_stage(world_dir["demonstrations"], run, "demonstrations")
+    out = str(run / "sft")
+    argv = ["--config", os.path.join(RECIPES, "tiny", "sft.yaml"), "--dataset_name", demos, "--output_dir", out]
+    argv += ["--model_name_or_path", pretrain_dir, "--max_steps", "2", "--per_device_train_batch_size", "8"]
+    local = sft.main(argv)
+    assert local["inputs"]["sources"]["model"] == {"local": "pretrain", "path": "pretrain"}  # not pushed yet
+
+    assert cli(["push", demos, "--hub_model_id", "tiny-org/demos"]) == 0
+    assert cli(["push", pretrain_dir, "--hub_model_id", "alice/tiny-pretrain"]) == 0
+    assert cli(["push", out, "--hub_model_id", "alice/tiny-sft"]) == 0
+    api = HfApi(endpoint=hub_server.url)
+    pretrain_commit = api.repo_info("alice/tiny-pretrain").sha
+    demos_commit = api.repo_info("tiny-org/demos", repo_type="dataset").sha
+    card = ModelCard.load(hf_hub_download("alice/tiny-sft", "README.md"))
+    assert card.data.base_model == "alice/tiny-pretrain" and card.data.base_model_relation == "finetune"
+    assert card.data.datasets == ["tiny-org/demos"]
+    assert f"`alice/tiny-pretrain` at commit `{pretrain_commit}`" in card.text
+    pushed = json.load(open(hf_hub_download("alice/tiny-sft", MANIFEST)))
+    assert [(e["stage"], e["repo_id"], e["commit"]) for e in pushed["lineage"]] == [
+        ("pretrain", "alice/tiny-pretrain", pretrain_commit)
+    ]
+    assert pushed["inputs"]["sources"]["dataset"]["commit"] == demos_commit
+    assert pushed["configs"]["training"]["output_dir"] == "sft" and pushed["inputs"]["model"] == "pretrain"
+    assert require_complete(out)["lineage"][0]["commit"] == pretrain_commit  # the local manifest knows it too
+
+    # no pushed file holds a path of this machine: the run, the test's temporary directories, the checkout
+    repos = [("alice/tiny-pretrain", "model"), ("alice/tiny-sft", "model"), ("tiny-org/demos", "dataset")]
+    files = pushed_files(hub_server.url, repos, str(tmp_path / "check-cache"))
+    assert {"alice/tiny-sft/README.md", f"alice/tiny-sft/{MANIFEST}", "tiny-org/demos/README.md"} <= set(files)
+    needles = [str(run), str(tmp_path_factory.getbasetemp()), os.path.dirname(RECIPES)]
+    leaks = [(name, n) for name, content in files.items() for n in needles if n.encode() in content]
+    leaks += [(name, n) for name, content in hub_server.all_files() for n in needles if n.encode() in content]
+    assert leaks == []
+
+
 def test_bad_inputs_are_clear_errors(hub_server, tiny_pretrain, tmp_path, monkeypatch):
-    hub.push_stage(copy_stage(tiny_pretrain, tmp_path), "alice/tiny-pretrain")
+    push_stage(copy_stage(tiny_pretrain, tmp_path), "alice/tiny-pretrain")
     with pytest.raises(ModelNotFoundError, match=r"model 'alice/nope'.*Hub model repo 'alice/nope'.*no such repo"):
         resolve_model_path("alice/nope")
     with pytest.raises(ModelNotFoundError, match=r"no revision 'v9'; give a branch, tag or commit"):
@@ -211,7 +280,7 @@ def test_bad_inputs_are_clear_errors(hub_server, tiny_pretrain, tmp_path, monkey
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     # HF_HUB_OFFLINE: a cached revision still resolves; one never downloaded is a clear error
     cached = resolve_model_path("alice/tiny-pretrain")
-    hub.forget_resolutions()
+    forget_downloads()
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert resolve_model_path("alice/tiny-pretrain") == cached
     with pytest.raises(ModelNotFoundError, match="HF_HUB_OFFLINE is set and it is not in the cache"):
@@ -226,23 +295,23 @@ def test_failed_pushes_leave_the_stage_complete_and_hf_rlhf_push_retries(
     api = HfApi(endpoint=hub_server.url)
 
     monkeypatch.delenv("HF_TOKEN")
-    with pytest.raises(hub.HubPushError, match="no Hugging Face token"):
-        hub.push_stage(stage, "alice/tiny-pretrain")
+    with pytest.raises(HubPushError, match="no Hugging Face token"):
+        push_stage(stage, "alice/tiny-pretrain")
     monkeypatch.setenv("HF_TOKEN", TOKEN)
 
     hub_server.faults.reject_commits = 1
     with pytest.raises(
-        hub.HubPushError,
+        HubPushError,
         match=r"403.*pre-receive hook.*local output is complete and unchanged.*"
         r"retry with `hf-rlhf push .* --hub_model_id alice/tiny-pretrain`",
     ):
-        hub.push_stage(stage, "alice/tiny-pretrain")
+        push_stage(stage, "alice/tiny-pretrain")
     assert digest(stage) == before and require_complete(stage)
     head = api.repo_info("alice/tiny-pretrain").sha
 
     hub_server.faults.drop_commits = 1
-    with pytest.raises(hub.HubPushError, match="connection|disconnect|Disconnect"):
-        hub.push_stage(stage, "alice/tiny-pretrain")
+    with pytest.raises(HubPushError, match="connection|disconnect|Disconnect"):
+        push_stage(stage, "alice/tiny-pretrain")
     assert digest(stage) == before and api.repo_info("alice/tiny-pretrain").sha == head  # nothing committed
 
     # the retry: `hf-rlhf push`; the LFS weights uploaded by the failed attempts are not sent again
@@ -256,7 +325,7 @@ def test_failed_pushes_leave_the_stage_complete_and_hf_rlhf_push_retries(
 def test_a_connection_dropped_mid_upload_is_retried_without_corrupting_the_blob(hub_server, tiny_pretrain, tmp_path):
     stage = copy_stage(tiny_pretrain, tmp_path)
     hub_server.faults.drop_lfs_uploads = 1  # the client retries the upload once, after a second
-    commit = hub.push_stage(stage, "alice/tiny-pretrain")["hub"]["commit"]
+    commit = push_stage(stage, "alice/tiny-pretrain")["hub"]["commit"]
     downloaded = hf_hub_download("alice/tiny-pretrain", "model.safetensors", revision=commit)
     assert open(downloaded, "rb").read() == open(os.path.join(stage, "model.safetensors"), "rb").read()
 
@@ -266,8 +335,8 @@ def test_a_push_whose_connection_keeps_dropping_fails_then_retries(hub_server, t
     stage = copy_stage(tiny_pretrain, tmp_path)
     before = digest(stage)
     hub_server.faults.drop_lfs_uploads = 6  # every attempt the client makes (1 + 5 retries, ~23 s of back-off)
-    with pytest.raises(hub.HubPushError, match="model.safetensors.*local output is complete and unchanged"):
-        hub.push_stage(stage, "alice/tiny-pretrain")
+    with pytest.raises(HubPushError, match="model.safetensors.*local output is complete and unchanged"):
+        push_stage(stage, "alice/tiny-pretrain")
     assert digest(stage) == before and "hub" not in require_complete(stage)
     assert cli(["push", stage, "--hub_model_id", "alice/tiny-pretrain"]) == 0
     assert (
@@ -280,7 +349,7 @@ def test_a_stage_asked_to_push_without_a_token_fails_before_training(world_dir, 
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     argv = ["--config", os.path.join(RECIPES, "tiny", "sft.yaml"), "--dataset_name", world_dir["demonstrations"]]
     argv += ["--model_name_or_path", tiny_pretrain, "--output_dir", str(tmp_path / "out"), "--push_to_hub", "true"]
-    with pytest.raises(hub.HubPushError, match="no Hugging Face token was found.*nothing was run"):
+    with pytest.raises(HubPushError, match="no Hugging Face token was found.*nothing was run"):
         sft.main(argv)
     assert not os.path.exists(tmp_path / "out")
 
@@ -301,15 +370,15 @@ def write_hub_recipe(tmp_path, hub_section: dict, stages: tuple[str, ...] = ("pr
 def test_pipeline_hub_section_wires_pushes_and_repo_ids(tmp_path):
     recipe = load_pipeline_recipe(write_hub_recipe(tmp_path, {"namespace": "tiny-org"}), str(tmp_path / "quick"))
     refs = {"pretrain": "tiny-org/quick-pretrain@abc", "demonstrations": "tiny-org/quick-demonstrations@def"}
-    argv = stage_argv(recipe, "sft", refs)
-    for flag, value in [
-        ("--model_name_or_path", refs["pretrain"]),
-        ("--dataset_name", refs["demonstrations"]),
-        ("--push_to_hub", "true"),
-        ("--hub_model_id", "tiny-org/quick-sft"),
-        ("--hub_revision", "main"),
+    values = stage_values(recipe, "sft", refs)
+    for key, value in [
+        ("model_name_or_path", refs["pretrain"]),
+        ("dataset_name", refs["demonstrations"]),
+        ("push_to_hub", True),
+        ("hub_model_id", "tiny-org/quick-sft"),
+        ("hub_revision", "main"),
     ]:
-        assert argv[argv.index(flag) + 1] == value
+        assert values[key] == value
     assert recipe.hub.repo_id("sample", recipe.output_dir) == "tiny-org/quick-comparisons"
     with pytest.raises(RecipeError, match="'hub': set 'namespace'"):
         load_pipeline_recipe(write_hub_recipe(tmp_path, {"repo_prefix": "x-"}), str(tmp_path))

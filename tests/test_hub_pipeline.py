@@ -9,7 +9,7 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard, hf_hub_download
 
-from hf_rlhf import hub
+from hf_rlhf.hub.resolve import forget_downloads
 from hf_rlhf.manifest import require_complete
 from hf_rlhf.pipeline import run_pipeline
 from hf_rlhf.recipes import load_pipeline_recipe
@@ -94,7 +94,7 @@ def test_quick_pipeline_through_the_hub_then_from_a_middle_stage_elsewhere(hub_s
 
     # another machine: fresh cache, fresh output directory, starting from the reward stage
     use_fresh_cache(monkeypatch, str(tmp_path / "hf_home-2"))
-    hub.forget_resolutions()
+    forget_downloads()
     sft_head = history(hub_server, REPOS["sft"])[0]
     out2 = tmp_path / "machine-2"
     report2 = run_pipeline(load_pipeline_recipe(hub_recipe(tmp_path, "middle", ("reward", "rl")), str(out2)))
@@ -111,3 +111,5 @@ def test_quick_pipeline_through_the_hub_then_from_a_middle_stage_elsewhere(hub_s
         manifests["sample"]["inputs"]["sources"]["model"]["commit"],
     ]
     assert {r["model"] for r in report2["rows"]} >= {"SFT", "RL (PPO)"}  # the report reads the pulled SFT model
+    # nothing either machine pushed holds one of its paths (output directories, caches: all under tmp_path)
+    assert [name for name, content in hub_server.all_files() if str(tmp_path).encode() in content] == []

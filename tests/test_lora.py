@@ -108,7 +108,7 @@ def ppo_setup(out, tmp, tmp_path, *extra):
     from hf_rlhf.data.formats import load_stage_dataset
     from hf_rlhf.modeling import load_causal_lm, load_tokenizer
     from hf_rlhf.ppo.trainer import PPOTrainer
-    from hf_rlhf.recipes import parse_stage_args
+    from hf_rlhf.recipes import parse_command_line
     from hf_rlhf.stages import rl
 
     argv = ["--config", os.path.join(RECIPES, "rl.yaml"), "--model_name_or_path", str(tmp / "sft"),
@@ -116,7 +116,7 @@ def ppo_setup(out, tmp, tmp_path, *extra):
             "--output_dir", str(tmp_path), "--max_steps", "2", "--per_device_train_batch_size", "8",
             "--num_ppo_epochs", "2", "--max_new_tokens", "8", "--learning_rate", "1e-2", "--disable_tqdm", "true",
             *LORA, *extra]  # fmt: skip
-    data_args, rl_args, args, model_args = parse_stage_args(rl.make_parser("rl"), argv)
+    data_args, rl_args, args, model_args = parse_command_line(rl.arguments, argv, prog="hf-rlhf rl")
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     funcs, names, weights, stats = rl.reward_functions(rl_args, args, model_args, tokenizer)
     policy = load_causal_lm(model_args, tokenizer=tokenizer)

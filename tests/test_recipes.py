@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from hf_rlhf.pipeline import stage_argv
-from hf_rlhf.recipes import load_pipeline_recipe, parse_stage_args
+from hf_rlhf.pipeline import stage_arguments
+from hf_rlhf.recipes import load_pipeline_recipe, parse_command_line
 from hf_rlhf.stages import STAGES
 
 from .conftest import RECIPES
@@ -21,13 +21,6 @@ def stage_of(path: str) -> str:
     return next(stage for stage in STAGES if name.startswith(stage))
 
 
-def parser_for(stage: str, argv: list[str]):
-    module = STAGES[stage].module
-    if stage == "rl":
-        return module.make_parser(algorithm=module.algorithm_of(argv))
-    return module.make_parser()
-
-
 def test_there_are_recipes():
     assert PIPELINES and STAGE_RECIPES
 
@@ -35,7 +28,7 @@ def test_there_are_recipes():
 @pytest.mark.parametrize("path", STAGE_RECIPES, ids=lambda p: os.path.relpath(p, RECIPES))
 def test_stage_recipe_parses(path, tmp_path):
     argv = ["--config", path, "--output_dir", str(tmp_path)]
-    parsed = parse_stage_args(parser_for(stage_of(path), argv), argv)
+    parsed = parse_command_line(STAGES[stage_of(path)].arguments, argv, prog="hf-rlhf")
     assert any(getattr(p, "output_dir", None) == str(tmp_path) for p in parsed)
 
 
@@ -45,6 +38,8 @@ def test_pipeline_recipe_parses_with_every_stage(path, tmp_path):
     outputs = {"documents": "d", "demonstrations": "m", "prompts": "p"}
     for name in STAGES:
         if name in recipe.stages:
-            argv = stage_argv(recipe, name, outputs)
-            parse_stage_args(parser_for(name, argv), argv)
+            parsed = stage_arguments(recipe, name, outputs)
+            assert any(
+                getattr(p, "output_dir", None) == outputs.get(name, os.path.join(str(tmp_path), name)) for p in parsed
+            )
             outputs[name] = os.path.join(str(tmp_path), name)

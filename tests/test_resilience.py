@@ -14,7 +14,7 @@ from datasets import Dataset
 from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-import hf_rlhf.ppo.trainer as ppo_trainer
+import hf_rlhf.ppo.checkpoint as ppo_checkpoint
 from hf_rlhf import cli, resilience
 from hf_rlhf.manifest import MANIFEST, is_complete
 from hf_rlhf.resilience import NonFiniteLossError, TrainingInterrupted, complete_checkpoints, resilient
@@ -256,21 +256,23 @@ def test_ppo_crash_while_saving_leaves_no_checkpoint_and_resume_uses_the_previou
     straight = ppo_run(tmp_path / "straight", max_steps=2)
     straight.train()
     run = tmp_path / "run"
-    mark = ppo_trainer.mark_checkpoint_complete
+    mark = resilience.mark_checkpoint_complete
 
-    def crash_at_step_2(path, step):
+    def crash_at_step_2(path, step):  # the state is written, then the disk fills up
         if step == 2:
             raise OSError("No space left on device (simulated)")
         mark(path, step)
 
-    monkeypatch.setattr(ppo_trainer, "mark_checkpoint_complete", crash_at_step_2)
+    monkeypatch.setattr(resilience, "mark_checkpoint_complete", crash_at_step_2)
     with pytest.raises(OSError, match="simulated"):
         ppo_run(run, max_steps=2, save_strategy="steps", save_steps=1).train()
     monkeypatch.undo()
-    assert sorted(os.listdir(run)) == ["checkpoint-1", "checkpoint-2.tmp"]  # never renamed: not a checkpoint
+    assert os.path.isfile(run / "checkpoint-2" / ppo_checkpoint.STATE_FILE)  # looks saved...
+    assert names(complete_checkpoints(run)) == ["checkpoint-1"]  # ...but does not count
     resumed = ppo_run(run, max_steps=2, save_strategy="steps", save_steps=1)
     resumed.train(resume_from_checkpoint=True)
-    assert sorted(os.listdir(run)) == ["checkpoint-1", "checkpoint-2"]
+    assert resumed.global_step == 2 and len(resumed.history) == 2  # resumed from checkpoint-1
+    assert names(complete_checkpoints(run)) == ["checkpoint-1", "checkpoint-2"]
     assert_same_weights(ppo_weights(straight), ppo_weights(resumed))
 
 

@@ -9,8 +9,6 @@ split, the row, the column and what was expected, and is raised before a model i
 
 from __future__ import annotations
 
-from ..errors import DataValidationError
-
 import glob
 import os
 import re
@@ -19,7 +17,8 @@ from dataclasses import dataclass
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 
 from ..configs import DataArguments
-from ..hub import HubInputError, is_hub_id, resolve_input
+from ..errors import DataValidationError, HubInputError
+from ..hub.resolve import ResolvedInput, is_hub_id, resolve_input
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 MAX_REPORTED_ERRORS = 5
@@ -90,12 +89,18 @@ def _read(name: str, load):
         raise DataValidationError(f"dataset '{name}' could not be read: {type(e).__name__}: {e}") from e
 
 
-def hub_dataset_dir(name: str) -> str:
-    """The local snapshot of a Hub dataset repo `org/name[@revision]` (its commit goes to the stage's manifest)."""
+def resolve_dataset(name: str) -> ResolvedInput:
+    """A dataset input as a `ResolvedInput`: a local file or directory as is, or the snapshot of a Hub dataset repo
+    `org/name[@revision]` with its exact commit (for the stage's manifest)."""
     try:
-        return resolve_input(name, repo_type="dataset", what="dataset").path
+        return resolve_input(name, repo_type="dataset", what="dataset")
     except HubInputError as e:
         raise DataValidationError(str(e)) from None
+
+
+def hub_dataset_dir(name: str) -> str:
+    """The local snapshot of a Hub dataset repo `org/name[@revision]`."""
+    return resolve_dataset(name).path
 
 
 def load_snapshot(directory: str, train_split: str = "train") -> DatasetDict:
@@ -138,17 +143,54 @@ class _Errors:
             raise DataValidationError(f"{self.where}: " + "; ".join(self.items) + more)
 
 
-def _require_columns(dataset: Dataset, where: str, options: list[tuple[str, ...]]) -> tuple[str, ...]:
-    for columns in options:
-        if all(c in dataset.column_names for c in columns):
-            return columns
-    wanted = " or ".join("(" + ", ".join(f"'{c}'" for c in cols) + ")" for cols in options)
-    raise DataValidationError(f"{where}: expected columns {wanted}, found {dataset.column_names}")
+@dataclass(frozen=True)
+class Formats:
+    """The column sets a stage accepts, in the order its format detection tries them: (format, columns) pairs.
+
+    Detection reads column names only, so the dry run (`hf_rlhf.plan`) calls it on a dataset's known columns and
+    finds the format the run will find.
+    """
+
+    options: tuple[tuple[str, tuple[str, ...]], ...]
+    expected: str | None = None  # how an error describes what is accepted; default the column sets
+
+    def detect(self, columns: list[str], where: str) -> tuple[str, tuple[str, ...]]:
+        """(format, the columns it reads) of the first option whose columns are all present, else an error."""
+        for name, needed in self.options:
+            if all(c in columns for c in needed):
+                return name, needed
+        raise DataValidationError(f"{where}: expected columns {self.describe()}, found {list(columns)}")
+
+    def describe(self) -> str:
+        return self.expected or " or ".join("(" + ", ".join(f"'{c}'" for c in cols) + ")" for _, cols in self.options)
+
+
+SFT_FORMATS = Formats(
+    (("prompt-completion", ("prompt", "completion")), ("conversational", ("messages",)), ("language-modeling", ("text",)))
+)
+REFERENCE_FORMATS = Formats(SFT_FORMATS.options[:2])  # the reward stage's centring set: demonstrations
+PROMPT_FORMATS = Formats((("prompt-only", ("prompt",)),))  # sample and rl
+PREFERENCE_FORMATS = Formats(
+    (("ranked", ("prompt", "completions", "ranking")), ("pairwise", ("chosen", "rejected"))),
+    expected="('chosen', 'rejected') with optional 'prompt' and 'margin', or ('prompt', 'completions', 'ranking')",
+)
+
+
+def text_formats(column: str = "text") -> Formats:
+    """Pretraining data: one text column (`text_column`)."""
+    return Formats((("language-modeling", (column,)),))
+
+
+def sft_ignored_columns(fmt: str, columns: list[str]) -> list[str]:
+    """Columns the SFT stage drops before training: TRL's `SFTTrainer` tokenizes any row with a `prompt` as
+    prompt-completion, so a `prompt` beside `messages` or `text` (UltraChat's layout) would fail for want of a
+    `completion`."""
+    return ["prompt"] if fmt != "prompt-completion" and "prompt" in columns else []
 
 
 def check_text_dataset(dataset: Dataset, where: str, column: str = "text") -> int:
     """Pretraining data: a string column. Returns the number of empty documents (the caller drops and counts them)."""
-    _require_columns(dataset, where, [(column,)])
+    text_formats(column).detect(dataset.column_names, where)
     errors, empty = _Errors(where), 0
     for i, text in enumerate(dataset[column]):
         if not isinstance(text, str):
@@ -175,8 +217,7 @@ def _check_messages(value, row: int, column: str, errors: _Errors, last_role: st
 
 def sft_format(dataset: Dataset, where: str) -> str:
     """Detect the SFT format: 'prompt-completion', 'conversational' (messages) or 'language-modeling' (text)."""
-    columns = _require_columns(dataset, where, [("prompt", "completion"), ("messages",), ("text",)])
-    return {"prompt": "prompt-completion", "messages": "conversational", "text": "language-modeling"}[columns[0]]
+    return SFT_FORMATS.detect(dataset.column_names, where)[0]
 
 
 def check_sft_dataset(dataset: Dataset, where: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from .formats import DataValidationError
+from .formats import PREFERENCE_FORMATS, DataValidationError
 
 INVALID_REASONS = {
     "chosen_equals_rejected": "a chosen completion equal to its rejected one",
@@ -32,15 +32,7 @@ INVALID_REASONS = {
 
 def preference_format(dataset: Dataset, where: str) -> str:
     """'ranked' (`prompt`, `completions`, `ranking`) or 'pairwise' (`chosen`, `rejected`, optional `prompt`)."""
-    columns = set(dataset.column_names)
-    if {"prompt", "completions", "ranking"} <= columns:
-        return "ranked"
-    if {"chosen", "rejected"} <= columns:
-        return "pairwise"
-    raise DataValidationError(
-        f"{where}: expected columns ('chosen', 'rejected') with optional 'prompt' and 'margin', or "
-        f"('prompt', 'completions', 'ranking'); found {dataset.column_names}"
-    )
+    return PREFERENCE_FORMATS.detect(dataset.column_names, where)[0]
 
 
 def pairs_from_ranking(ranking: list[int]) -> list[tuple[int, int]]:

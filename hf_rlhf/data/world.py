@@ -255,7 +255,32 @@ class TinyWorld:
         return [self.gold_score(p, c) for p, c in zip(prompts, completions, strict=True)]
 
 
-WORLD_DATASETS = ("documents", "demonstrations", "prompts")
+# The tiny world's datasets, the one table of them: what each is (`about`, printed by the dry run), its columns and
+# splits (the dry run checks a stage's format against them), and its dataset card's description (`hf_rlhf.hub.cards`).
+WORLD_DATASETS: dict[str, dict] = {
+    "documents": {
+        "about": "the tiny world's raw documents",
+        "columns": ["text"],
+        "splits": ["train", "test"],
+        "card": "The tiny world's raw documents (the pretraining corpus): encyclopedia entries and stories stating the "
+        "facts of 16 animals, quiz pages, and forum threads with answers from ideal to wrong.",
+    },
+    "demonstrations": {
+        "about": "the tiny world's contractor demonstrations (conversational prompt-completion)",
+        "columns": ["prompt", "completion"],
+        "splits": ["train", "test"],
+        "card": "The tiny world's contractor demonstrations for SFT, in TRL's conversational prompt-completion "
+        "format: mostly ideal answers, some terse, rambling, hedged or wrong, as real contractors write.",
+    },
+    "prompts": {
+        "about": "the tiny world's questions (conversational prompt-only)",
+        "columns": ["prompt"],
+        "splits": ["train", "test"],
+        "prompt_tokens": 24,  # an upper bound of a question's length in tokens: sizes RL rollouts
+        "card": "The tiny world's questions in TRL's prompt-only format: `train` for RL and comparison sampling, "
+        "`test` held out (never in a demonstration) for evaluation.",
+    },
+}
 
 
 def build_world_datasets(args) -> dict[str, str]:

@@ -6,6 +6,7 @@ what is measured is the policy's own distribution (the one RL later optimises), 
 
 from __future__ import annotations
 
+import argparse
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..modeling import load_model_for_inference
+from ..ppo.core import logprobs_from_logits, position_ids_from_mask
+from ..reward.scorer import RewardModelScorer, best_of_n
 
 
 @dataclass
@@ -121,8 +126,6 @@ def sequence_kl(
 ) -> list[float]:
     """Per sequence, sum over the sampled tokens of log p_policy - log p_ref (k1): a Monte Carlo estimate of
     KL(policy || ref) when the completions were sampled from the policy at this temperature."""
-    from ..ppo.core import logprobs_from_logits, position_ids_from_mask
-
     out = []
     for start in range(0, len(prompts), batch_size):
         texts = list(prompts[start : start + batch_size])
@@ -161,10 +164,6 @@ def score_rows(
 
 def main(argv: list[str] | None = None) -> list[str]:
     """`hf-rlhf generate`: sample completions from a model; with --best_of N, the reward model's pick of N."""
-    import argparse
-
-    from ..modeling import load_model_for_inference
-
     parser = argparse.ArgumentParser(prog="hf-rlhf generate", description=main.__doc__)
     parser.add_argument("--model", required=True, help="A finished stage directory (or any causal LM directory).")
     parser.add_argument("--prompt", action="append", required=True, help="A prompt; repeat for several.")
@@ -194,8 +193,6 @@ def main(argv: list[str] | None = None) -> list[str]:
     )
     candidates = [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
     if n > 1:
-        from ..reward.scorer import RewardModelScorer, best_of_n
-
         scorer = RewardModelScorer(args.reward_model, trust_remote_code=args.trust_remote_code)
         questions = [[{"role": "user", "content": p}] for p in args.prompt] if chat else args.prompt
         completions, scores = best_of_n(questions, candidates, scorer)

@@ -14,8 +14,13 @@ import random
 from dataclasses import asdict
 from typing import Any
 
+from datasets import load_from_disk
+
 from ..configs import EvaluationArguments
+from ..data.world import TinyWorld
 from ..manifest import atomic_write_json, require_complete
+from ..modeling import load_model_for_inference
+from ..reward.scorer import RewardModelScorer, best_of_n
 from .generation import bootstrap_ci, chat_prompts, generate, sequence_kl
 
 
@@ -49,12 +54,6 @@ def build_report(
     }
     if world_seed is None or prompts_dir is None:
         return report
-
-    from datasets import load_from_disk
-
-    from ..data.world import TinyWorld
-    from ..modeling import load_model_for_inference
-    from ..reward.scorer import RewardModelScorer, best_of_n
 
     world = TinyWorld(world_seed)
     questions = [row["prompt"][-1]["content"] for row in load_from_disk(prompts_dir)["test"]]

@@ -18,7 +18,7 @@ import re
 from importlib import resources
 from typing import Any
 
-from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
 PIPELINE_TAGS = {
     "pretrain": "text-generation",
@@ -39,16 +39,9 @@ SHOWN_TRAINING_KEYS = (
     "block_size",
     "seed",
 )
-SHOWN_MODEL_KEYS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout", "load_in_4bit", "load_in_8bit")
+SHOWN_MODEL_KEYS = ("load_in_4bit", "load_in_8bit")
+SHOWN_LORA_KEYS = ("use_peft", "lora_r", "lora_alpha", "lora_dropout")  # a LoRA stage only, not a full finetune
 SHOWN_SAMPLE_KEYS = ("num_completions", "temperature", "max_new_tokens", "max_prompts", "labeler", "seed")
-WORLD_DATASETS = {
-    "documents": "The tiny world's raw documents (the pretraining corpus): encyclopedia entries and stories stating "
-    "the facts of 16 animals, quiz pages, and forum threads with answers from ideal to wrong.",
-    "demonstrations": "The tiny world's contractor demonstrations for SFT, in TRL's conversational prompt-completion "
-    "format: mostly ideal answers, some terse, rambling, hedged or wrong, as real contractors write.",
-    "prompts": "The tiny world's questions in TRL's prompt-only format: `train` for RL and comparison sampling, "
-    "`test` held out (never in a demonstration) for evaluation.",
-}
 
 
 def template_path(name: str) -> str:
@@ -117,16 +110,39 @@ def _model_config(output_dir: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def _license(manifest: dict[str, Any]) -> str:
-    """The base model's license when it came from the Hub with a card that says one; else hf_rlhf's."""
-    from . import input_path
-
-    base = input_path(manifest.get("inputs", {}).get("model"))
-    card = os.path.join(base, "README.md") if base else None
+def inherited_license(base_dir: str | None) -> str:
+    """The license a stage inherits: its base model's, when the base (a local stage or a Hub snapshot) has a card
+    that says one; else hf_rlhf's. Recorded in the manifest, so a card rendered later (on push) says the same."""
+    card = os.path.join(base_dir, "README.md") if base_dir else None
     if card and os.path.isfile(card):
-        license_ = ModelCard.load(card, ignore_metadata_errors=True).data.license
-        return license_ or DEFAULT_LICENSE
+        return ModelCard.load(card, ignore_metadata_errors=True).data.license or DEFAULT_LICENSE
     return DEFAULT_LICENSE
+
+
+def eval_results(manifest: dict[str, Any]) -> list[EvalResult] | None:
+    """The pipeline's evaluation rows of this stage (`evaluation` in its manifest) as the card's `model-index`: the
+    gold score (and the reward model's score and the KL to SFT, when measured) of each row on held-out prompts."""
+    evaluation = manifest.get("evaluation") or {}
+    results = []
+    for row in evaluation.get("rows", []):
+        metrics = {"gold_score": row["gold"]["mean"], "reward_model_score": row.get("reward_model_score")}
+        metrics["kl_to_sft"] = row.get("kl_to_sft")
+        for metric, value in metrics.items():
+            if value is None:
+                continue
+            results.append(
+                EvalResult(
+                    task_type="text-generation",
+                    dataset_type="tiny-world-prompts",
+                    dataset_name="tiny world held-out prompts",
+                    dataset_split="test",
+                    metric_type=metric,
+                    metric_name=f"{metric.replace('_', ' ')} ({row['model']})",
+                    metric_value=round(float(value), 4),
+                    metric_args={"temperature": evaluation.get("temperature")},
+                )
+            )
+    return results or None
 
 
 def model_card_data(output_dir: str, manifest: dict[str, Any], model_name: str) -> ModelCardData:
@@ -139,15 +155,17 @@ def model_card_data(output_dir: str, manifest: dict[str, Any], model_name: str) 
     relation = "adapter" if adapter else "quantized" if quantized else "finetune"
     datasets = sorted({s["repo_id"] for s in sources.values() if s.get("repo_type") == "dataset" and s.get("repo_id")})
     method = manifest.get("metrics", {}).get("algorithm") if stage == "rl" else METHOD_TAGS.get(stage)
+    results = eval_results(manifest)
     return ModelCardData(
         base_model=base,
         base_model_relation=relation if base else None,
         datasets=datasets or None,
         library_name="peft" if adapter else "transformers",
-        license=_license(manifest),
+        license=manifest.get("license") or DEFAULT_LICENSE,
         pipeline_tag=PIPELINE_TAGS.get(stage),
         tags=["hf-rlhf", "trl", stage, method] + (["peft", "lora"] if adapter else []),
-        model_name=model_name,
+        eval_results=results,
+        model_name=model_name if results else None,  # only a `model-index` key: not a card key of its own
     )
 
 
@@ -166,6 +184,8 @@ def render_card(output_dir: str, manifest: dict[str, Any], repo_id: str | None =
     training = manifest.get("configs", {}).get("training", {})
     model = manifest.get("configs", {}).get("model", {})
     base = (manifest.get("inputs", {}).get("sources", {}).get("model")) or {}
+    adapter = os.path.isfile(os.path.join(output_dir, "adapter_config.json"))
+    lora_keys = SHOWN_LORA_KEYS if adapter or model.get("use_peft") else ()
     centring = manifest.get("metrics", {}).get("reward_centring")
     if centring:
         centring = {**centring, "reference_dataset": display_name(centring.get("reference_dataset"))}
@@ -182,8 +202,8 @@ def render_card(output_dir: str, manifest: dict[str, Any], repo_id: str | None =
         evaluation=manifest.get("evaluation"),
         figures=sorted(f for f in os.listdir(output_dir) if f.endswith(".png")),
         training={k: training[k] for k in SHOWN_TRAINING_KEYS if training.get(k) not in (None, -1)},
-        model_options={k: model[k] for k in SHOWN_MODEL_KEYS if model.get(k)},
-        adapter=os.path.isfile(os.path.join(output_dir, "adapter_config.json")),
+        model_options={k: model[k] for k in SHOWN_MODEL_KEYS + lora_keys if model.get(k)},
+        adapter=adapter,
         base_repo=base.get("repo_id"),
         base_commit=base.get("commit"),
         centring=centring,
@@ -218,14 +238,14 @@ def render_dataset_card(
     *,
     manifest: dict[str, Any] | None = None,
 ) -> DatasetCard:
-    """The card of a dataset pushed as parquet (`data/<split>-*.parquet`): a tiny-world dataset, or the ranked
-    comparisons of the `sample` stage (with its lineage and sampling settings from `manifest`)."""
+    """The card of a dataset pushed as parquet (`data/<split>-*.parquet`): a tiny-world dataset (`description`: its
+    entry in `hf_rlhf.data.world.WORLD_DATASETS`), or the ranked comparisons of the `sample` stage (with its lineage
+    and sampling settings from `manifest`)."""
     from datasets import DatasetDict, load_from_disk
 
     data = load_from_disk(dataset_dir)
     data = data if isinstance(data, DatasetDict) else DatasetDict(train=data)
     name = os.path.basename(os.path.normpath(dataset_dir))
-    description = description or WORLD_DATASETS.get(name, "")
     rows = sum(len(d) for d in data.values())
     card_data = DatasetCardData(
         pretty_name=(repo_id or name).split("/")[-1],
@@ -243,7 +263,7 @@ def render_dataset_card(
         template_path=template_path("dataset"),
         title=(repo_id or name).split("/")[-1],
         repo_or_dir=repo_id or name,
-        description=description,
+        description=description or "",
         splits={split: len(d) for split, d in data.items()},
         columns=list(next(iter(data.values())).column_names),
         manifest=manifest,

@@ -1,10 +1,10 @@
-"""What `--dry-run` knows of public models and datasets without downloading anything.
+"""What `--dry-run` knows of public models and datasets when it cannot read them.
 
-`MODELS` holds the `config.json` fields that decide a model's size (copied from each Hub repository's config.json;
-instruct variants share their base's shape). The dry run builds `AutoConfig.for_model(model_type, **fields)` and
-counts parameters exactly on the meta device. To plan a model that is not here, add its fields (the keys below, plus
-`head_dim` or `attention_bias` where its config.json sets them), or point the recipe at a local directory holding its
-`config.json` (`hf download <id> config.json --local-dir <dir>`).
+`MODELS` is an offline fallback only: the dry run reads a model's real `config.json` (`hf_rlhf.plan.architecture`,
+through the HF cache) and uses these fields (copied from each Hub repository's config.json; instruct variants share
+their base's shape) only when that cannot be read, saying so in the plan ("config from hf_rlhf's bundled table: not
+fetched"). Any other model is planned from its config.json: fetched once (`hf download <id> config.json`), or in a
+local directory.
 
 `DATASETS` holds the columns, splits and configurations of the public datasets the recipes in `recipes/` name, so the
 dry run can check that a stage accepts a dataset's format. Any other Hub dataset is planned as "columns checked at
@@ -169,21 +169,5 @@ DATASETS: dict[str, dict[str, Any]] = {
         "configs": None,
         "about": "UltraFeedback instructions as conversational prompts (at most 512 characters)",
         "prompt_tokens": 192,
-    },
-}
-
-# The tiny world's generated datasets (`hf_rlhf.data.world`), by name.
-WORLD_DATASETS: dict[str, dict[str, Any]] = {
-    "documents": {"columns": ["text"], "splits": ["train", "test"], "about": "the tiny world's raw documents"},
-    "demonstrations": {
-        "columns": ["prompt", "completion"],
-        "splits": ["train", "test"],
-        "about": "the tiny world's contractor demonstrations (conversational prompt-completion)",
-    },
-    "prompts": {
-        "columns": ["prompt"],
-        "splits": ["train", "test"],
-        "about": "the tiny world's questions (conversational prompt-only)",
-        "prompt_tokens": 24,
     },
 }

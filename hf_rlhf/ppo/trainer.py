@@ -17,15 +17,11 @@ by `hf_rlhf.reward.scorer.encode_for_reward`), and vLLM generation.
 
 from __future__ import annotations
 
-import glob
 import json
-import logging
 import math
 import os
-import shutil
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -33,81 +29,30 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 
-from ..eval.generation import format_prompts
+from ..errors import NonFiniteLossError, TrainingInterrupted
 from ..resilience import (
-    NonFiniteLossError,
     StopRequest,
-    TrainingInterrupted,
     interrupted_message,
-    mark_checkpoint_complete,
+    is_complete_checkpoint,
+    nonfinite_statistics_message,
+    remove_incomplete_checkpoints,
+    resolve_resume,
 )
 from ..reward.scorer import RewardFunction
-from . import core
+from . import checkpoint, core
 from .config import PPOConfig
 from .roles import adapters_disabled
-
-logger = logging.getLogger(__name__)
-STATE_FILE = "ppo_trainer_state.json"
-
-
-@dataclass
-class Rollout:
-    """One batch of experience; tensors are (B, P) for queries and (B, T) for responses."""
-
-    prompts: list[Any]
-    completions: list[str]
-    query_ids: torch.Tensor
-    query_mask: torch.Tensor
-    response_ids: torch.Tensor
-    response_mask: torch.Tensor
-    has_eos: torch.Tensor
-    logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor
-    values: torch.Tensor
-    entropy: torch.Tensor
-    scores: torch.Tensor | None = None
-    score_parts: dict[str, torch.Tensor] | None = None
-    rewards: torch.Tensor | None = None
-    kl: torch.Tensor | None = None
-    advantages: torch.Tensor | None = None
-    returns: torch.Tensor | None = None
-
-    def select(self, index: torch.Tensor) -> Rollout:
-        """The rows `index` of every tensor field (lists and dicts are left whole)."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Rollout(**{k: v[index] if isinstance(v, torch.Tensor) else v for k, v in values.items()})
-
-
-class PolicyAndValue(nn.Module):
-    """Policy and value model as one module: one optimizer, one `accelerator.prepare`, one DDP wrapper."""
-
-    def __init__(self, policy: PreTrainedModel, value_model: PreTrainedModel):
-        super().__init__()
-        self.policy, self.value_model = policy, value_model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context_length: int):
-        """Logits and values that predict the response tokens: positions context_length-1 .. end-1."""
-        position_ids = core.position_ids_from_mask(attention_mask)
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-        values = sequence_values(self.value_model, input_ids, attention_mask, position_ids)
-        return logits[:, context_length - 1 : -1], values[:, context_length - 1 : -1]
-
-
-def sequence_values(model: PreTrainedModel, input_ids, attention_mask, position_ids) -> torch.Tensor:
-    """A sequence-classification model's head applied at every position: (B, L).
-
-    Works for a plain model, a peft-wrapped one (a LoRA value model) and a role of the shared base
-    (`hf_rlhf.ppo.roles.AdapterScalarModel`).
-    """
-    if hasattr(model, "per_token_scores"):
-        return model.per_token_scores(input_ids, attention_mask, position_ids)
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    backbone = getattr(model, model.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
-    return model.score(hidden).squeeze(-1)
+from .rollout import (
+    PolicyAndValue,
+    Rollout,
+    encode_prompts,
+    generate_responses,
+    prompt_batches,
+    rollout_statistics,
+    sampling_config,
+)
 
 
 class PPOTrainer:
@@ -195,35 +140,15 @@ class PPOTrainer:
             else core.FixedKLController(args.kl_coef)
         )
         self.global_step, self.history = 0, []
-        self.generation_config = GenerationConfig(
-            do_sample=True,
-            temperature=args.temperature,
-            top_k=0,
-            top_p=1.0,
-            min_p=None,
-            typical_p=1.0,
-            repetition_penalty=1.0,
-            max_new_tokens=args.max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        self.generation_config = sampling_config(tokenizer, args.temperature, args.max_new_tokens)
 
     # ------------------------------------------------------------------------------------------ prompts
-    def prompt_batches(self):
+    def prompt_batches(self) -> Iterator[list[Any]]:
         """This process's share of each update's prompts, in a seeded order that a resumed run replays exactly."""
-        n, world, rank = len(self.train_dataset), self.accelerator.num_processes, self.accelerator.process_index
-        per_update = self.args.rollout_batch_size * world
-        epoch, position, order = 0, 0, None
-        while True:
-            if order is None or position + per_update > n:
-                generator = torch.Generator().manual_seed(self.args.seed + epoch)
-                order, position, epoch = torch.randperm(n, generator=generator).tolist(), 0, epoch + 1
-                if per_update > n:
-                    raise ValueError(f"an update needs {per_update} prompts but the dataset has {n}")
-            chunk = order[position : position + per_update]
-            position += per_update
-            mine = chunk[rank * self.args.rollout_batch_size : (rank + 1) * self.args.rollout_batch_size]
-            yield [self.train_dataset[i]["prompt"] for i in mine]
+        acc = self.accelerator
+        return prompt_batches(
+            self.train_dataset, self.args.rollout_batch_size, self.args.seed, acc.num_processes, acc.process_index
+        )
 
     # ------------------------------------------------------------------------------------------ rollout
     def forward(self, model: nn.Module, query_ids, query_mask, response_ids, response_mask):
@@ -251,24 +176,11 @@ class PPOTrainer:
     @torch.no_grad()
     def rollout(self, prompts: list[Any]) -> Rollout:
         """Sample one response per prompt and compute old logprobs, reference logprobs and values."""
-        tok, device = self.tokenizer, self.accelerator.device
-        side, tok.padding_side = tok.padding_side, "left"
-        try:
-            enc = tok(format_prompts(tok, prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-        finally:
-            tok.padding_side = side
-        query_ids, query_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        tok, step = self.tokenizer, self.args.rollout_forward_batch_size
+        query_ids, query_mask = encode_prompts(tok, prompts, self.accelerator.device)
         unwrapped = self.accelerator.unwrap_model(self.model)
         unwrapped.eval()
-        chunks = []
-        step = self.args.rollout_forward_batch_size
-        for start in range(0, len(prompts), step):
-            q, m = query_ids[start : start + step], query_mask[start : start + step]
-            # generate derives position ids from the attention mask, so left padding does not shift them
-            out = unwrapped.policy.generate(input_ids=q, attention_mask=m, generation_config=self.generation_config)
-            chunks.append(out[:, q.shape[1] :])
-        width = max(c.shape[1] for c in chunks)
-        generated = torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=tok.pad_token_id) for c in chunks])
+        generated = generate_responses(unwrapped.policy, query_ids, query_mask, self.generation_config, step)
         response_ids, response_mask, has_eos = core.truncate_after_eos(generated, tok.eos_token_id, tok.pad_token_id)
         logprobs, ref_logprobs, values, entropy = [], [], [], []
         for start in range(0, len(prompts), step):
@@ -386,18 +298,7 @@ class PPOTrainer:
     # ------------------------------------------------------------------------------------------------ loop
     def rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
         """Statistics of one rollout over valid tokens only, averaged over every process."""
-        mask = rollout.response_mask.float()
-        kl_per_seq = rollout.kl.sum(-1)
-        local = {
-            "score": rollout.scores.mean(),
-            "rlhf_reward": (rollout.scores + (-self.kl_ctl.value * kl_per_seq)).mean(),
-            "kl": kl_per_seq.mean(),
-            "entropy": core.masked_mean(rollout.entropy, mask),
-            "response_length": mask.sum(-1).mean(),
-            "missing_eos_rate": (~rollout.has_eos).float().mean(),
-            "value/explained_variance": core.explained_variance(rollout.values, rollout.returns, mask),
-            **{f"reward/{name}": part.mean() for name, part in rollout.score_parts.items()},
-        }
+        local = rollout_statistics(rollout, self.kl_ctl.value)
         stacked = torch.stack([v.float() for v in local.values()])
         reduced = self.accelerator.reduce(stacked, reduction="mean")
         return {k: v.item() for k, v in zip(local, reduced, strict=True)}
@@ -409,14 +310,14 @@ class PPOTrainer:
         at the end of the update every process agrees on, saves a checkpoint and raises `TrainingInterrupted`
         (`hf_rlhf.resilience`).
         """
-        if self.accelerator.is_main_process:  # a checkpoint whose saving was cut short (never renamed)
-            for path in glob.glob(os.path.join(self.args.output_dir, "checkpoint-*.tmp")):
-                shutil.rmtree(path, ignore_errors=True)
+        resume = resolve_resume(self.args.output_dir, resume_from_checkpoint)
+        if self.accelerator.is_main_process:  # checkpoints whose saving was cut short
+            remove_incomplete_checkpoints(self.args.output_dir, keep=resume)
         if self.args.report_to and self.args.report_to != ["none"] and self.accelerator.log_with:
             self.accelerator.init_trackers(self.args.run_name or "hf_rlhf_ppo", config=self.args.to_sanitized_dict())
         batches = self.prompt_batches()
-        if resume_from_checkpoint:
-            self.load_checkpoint(self.resolve_checkpoint(resume_from_checkpoint))
+        if resume:
+            self.load_checkpoint(resume)
             for _ in range(self.global_step):  # replay the prompt order up to where the run stopped
                 next(batches)
         bar = tqdm(
@@ -432,9 +333,9 @@ class PPOTrainer:
                 bar.update(1)
                 if self.args.save_strategy == "steps" and self.global_step % self.args.save_steps == 0:
                     self.save_checkpoint()
-                if self.agree_to_stop(stop.requested):
+                if stop.agreed(self.accelerator):
                     saved = os.path.join(self.args.output_dir, f"checkpoint-{self.global_step}")
-                    if not os.path.isfile(os.path.join(saved, STATE_FILE)):
+                    if not is_complete_checkpoint(saved):
                         saved = self.save_checkpoint()
                     raise TrainingInterrupted(
                         interrupted_message(self.args.output_dir, self.global_step, self.num_updates, saved)
@@ -463,27 +364,11 @@ class PPOTrainer:
             seconds_per_update=time.perf_counter() - start,
         )
         if not all(math.isfinite(v) for v in metrics.values()):  # reduced: every process agrees
-            raise NonFiniteLossError(self.nonfinite_message(metrics))
+            raise NonFiniteLossError(nonfinite_statistics_message(self.args.output_dir, self.global_step, metrics))
         self.history.append(metrics)
         if self.global_step % max(1, int(self.args.logging_steps)) == 0:
             self.log(metrics)
         return metrics
-
-    def agree_to_stop(self, requested: bool) -> bool:
-        """Whether any process was asked to stop (SIGTERM); every process gets the same answer."""
-        flag = torch.tensor(float(requested), device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, reduction="sum") > 0)
-
-    def nonfinite_message(self, metrics: dict[str, float]) -> str:
-        bad = ", ".join(f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v))
-        kept = self.checkpoints()
-        kept = f"the last good checkpoint, {kept[-1]}, is kept" if kept else "no checkpoint had been saved before it"
-        return (
-            f"{self.args.output_dir}: non-finite PPO statistics at update {self.global_step} ({bad}). Training "
-            f"stopped; no checkpoint or model was saved from this state and the stage is not complete; {kept}. Try "
-            "a lower learning_rate, max_grad_norm, a larger kl_coef, reward_clip or normalize_reward, or check the "
-            "reward functions for NaN/inf; a run resumed with the same settings may diverge again."
-        )
 
     def log(self, metrics: dict[str, float]) -> None:
         if self.accelerator.log_with:
@@ -496,65 +381,16 @@ class PPOTrainer:
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> str:
-        """Write `checkpoint-<step>` atomically (a temporary directory renamed when complete)."""
-        final = os.path.join(self.args.output_dir, f"checkpoint-{self.global_step}")
-        tmp = final + ".tmp"
-        if self.accelerator.is_main_process and os.path.exists(tmp):
-            shutil.rmtree(tmp)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(tmp, safe_serialization=True)
-        self.accelerator.wait_for_everyone()  # every process's RNG state is in `tmp` before it is renamed
-        if self.accelerator.is_main_process:
-            state = {"global_step": self.global_step, "kl_ctl": self.kl_ctl.state_dict(), "history": self.history}
-            with open(os.path.join(tmp, STATE_FILE), "w") as f:
-                json.dump(state, f)
-            mark_checkpoint_complete(tmp, self.global_step)  # flushed to disk before the rename makes it visible
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            self.rotate_checkpoints()
-        self.accelerator.wait_for_everyone()
-        return final
-
-    def checkpoints(self) -> list[str]:
-        root = self.args.output_dir
-        if not os.path.isdir(root):
-            return []
-        found = [d for d in os.listdir(root) if d.startswith("checkpoint-") and d.split("-")[-1].isdigit()]
-        found = [d for d in found if os.path.isfile(os.path.join(root, d, STATE_FILE))]
-        return [os.path.join(root, d) for d in sorted(found, key=lambda d: int(d.split("-")[-1]))]
-
-    def rotate_checkpoints(self) -> None:
-        limit = self.args.save_total_limit
-        if limit:
-            for old in self.checkpoints()[:-limit]:
-                shutil.rmtree(old)
-
-    def resolve_checkpoint(self, resume_from_checkpoint: str | bool) -> str:
-        if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() not in ("true", "latest"):
-            return resume_from_checkpoint
-        found = self.checkpoints()
-        if not found:
-            raise FileNotFoundError(f"no complete checkpoint to resume from in '{self.args.output_dir}'")
-        return found[-1]
+        """Write `checkpoint-<step>` (complete once marked, `hf_rlhf.resilience`); returns its path."""
+        state = {"global_step": self.global_step, "kl_ctl": self.kl_ctl.state_dict(), "history": self.history}
+        return checkpoint.save_checkpoint(self.accelerator, self.args.output_dir, state, self.args.save_total_limit)
 
     def load_checkpoint(self, path: str) -> None:
         """Restore policy, value model, optimizer, scheduler, RNG states, KL controller and step."""
-        with open(os.path.join(path, STATE_FILE)) as f:
-            state = json.load(f)
-        self.accelerator.load_state(path)
+        state = checkpoint.load_checkpoint(self.accelerator, path)
         self.global_step, self.history = state["global_step"], state["history"]
         self.kl_ctl.load_state_dict(state["kl_ctl"])
-        logger.warning("resumed PPO from %s at update %d", path, self.global_step)
 
     def save_model(self, output_dir: str) -> None:
-        """Save the trained policy (safetensors; with LoRA, its adapter only) and tokenizer; the value model goes to
-        `value_model/`."""
-        self.accelerator.wait_for_everyone()
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        if self.accelerator.is_main_process:
-            policy = unwrapped.policy
-            only_policy = {"selected_adapters": ["default"]} if hasattr(policy, "peft_config") else {}
-            policy.save_pretrained(output_dir, safe_serialization=True, **only_policy)
-            self.tokenizer.save_pretrained(output_dir)
-            unwrapped.value_model.save_pretrained(os.path.join(output_dir, "value_model"), safe_serialization=True)
+        """Save the trained policy (with LoRA, its adapter only) and tokenizer; the value model to `value_model/`."""
+        checkpoint.save_model(self.accelerator, self.model, self.tokenizer, output_dir)

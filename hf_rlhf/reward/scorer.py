@@ -8,6 +8,8 @@ makes a trained reward model one.
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,7 +18,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..modeling import SCORE_BIAS_FLAG, load_reward_model, reward_head
+from ..configs import DataArguments
+from ..data.formats import DataValidationError, load_stage_dataset
+from ..data.world import TinyWorld
+from ..modeling import SCORE_BIAS_FLAG, load_reward_model, load_tokenizer, reward_head
 
 RewardFunction = Callable[[list[Any], list[Any]], list[float]]
 
@@ -101,8 +106,6 @@ class RewardModelScorer:
         batch_size: int = 32,
         trust_remote_code: bool = False,
     ):
-        from ..modeling import load_tokenizer
-
         if isinstance(path_or_model, str):
             self.model = load_reward_model(path_or_model, trust_remote_code=trust_remote_code)
             tokenizer = tokenizer or load_tokenizer(path_or_model, trust_remote_code=trust_remote_code)
@@ -142,11 +145,6 @@ def best_of_n(
 
 def main(argv: list[str] | None = None) -> list[float]:
     """`hf-rlhf score`: score (prompt, response) rows with a reward model."""
-    import argparse
-
-    from ..configs import DataArguments
-    from ..data.formats import DataValidationError, load_stage_dataset
-
     parser = argparse.ArgumentParser(prog="hf-rlhf score", description=main.__doc__)
     parser.add_argument("--reward_model", required=True, help="A reward stage directory.")
     parser.add_argument("--dataset_name", help="Rows with 'prompt' and 'response' (or 'completion') columns.")
@@ -187,8 +185,6 @@ def main(argv: list[str] | None = None) -> list[float]:
 # ------------------------------------------------------------------------------------ named reward functions
 def tiny_world_gold(world_seed: int = 0) -> RewardFunction:
     """The tiny world's gold labeler as a reward function (prompts as text or messages)."""
-    from ..data.world import TinyWorld
-
     world = TinyWorld(world_seed)
 
     def gold(prompts: list[Any], completions: list[Any]) -> list[float]:
@@ -211,8 +207,6 @@ def resolve_reward_func(name: str, world_seed: int = 0) -> RewardFunction:
         raise ValueError(
             f"unknown reward function '{name}': use one of {sorted(NAMED_REWARD_FUNCS)} or 'package.module:function'"
         )
-    import importlib
-
     module, attr = name.split(":", 1)
     try:
         fn = getattr(importlib.import_module(module), attr)

@@ -15,10 +15,15 @@ from transformers import Trainer, default_data_collator, set_seed
 from trl import ModelConfig, TrlParser
 
 from ..configs import DataArguments, PretrainConfig
-from ..data.formats import check_text_dataset, load_stage_dataset
+from ..data.formats import check_text_dataset, load_stage_dataset, resolve_dataset, text_formats
+from ..hub.push import push_request, push_stage, without_push
 from ..manifest import save_trainer_stage, start_stage
-from ..modeling import load_causal_lm, load_tokenizer, model_from_config, resolve_model_path, sync_model_to_tokenizer
-from ..recipes import RecipeError, parse_stage_args
+from ..modeling import load_causal_lm, load_tokenizer, model_from_config, resolve_model, sync_model_to_tokenizer
+from ..plan import rows
+from ..plan.architecture import architecture, architecture_from_type, human
+from ..plan.context import Context, StagePlan, describe_dataset
+from ..plan.memory import Role, estimate, training_activations
+from ..recipes import RecipeError, parse_command_line
 from ..resilience import resilient
 from ..tokenizer import train_bpe_tokenizer
 
@@ -54,16 +59,21 @@ def pack(dataset, tokenizer, column: str, block_size: int, num_proc: int | None 
     return tokenized.map(group, batched=True, batch_size=1000, num_proc=num_proc)
 
 
+def check_arguments(data_args: DataArguments, training_args: PretrainConfig, model_args: ModelConfig) -> None:
+    """What `run` checks of the recipe before reading data (`plan` checks the same)."""
+    if bool(training_args.model_type) == bool(model_args.model_name_or_path):
+        raise RecipeError("pretrain needs exactly one of `model_type` (from scratch) or `model_name_or_path`")
+    if not training_args.output_dir:
+        raise RecipeError("pretrain needs `output_dir`")
+
+
 def run(data_args: DataArguments, training_args: PretrainConfig, model_args: ModelConfig) -> dict:
     """Pretrain (or continue pretraining) and save model, tokenizer and manifest to `training_args.output_dir`.
 
     Returns:
         `dict`: the stage manifest (metrics include `eval_loss` and `perplexity` on held-out documents).
     """
-    if bool(training_args.model_type) == bool(model_args.model_name_or_path):
-        raise RecipeError("pretrain needs exactly one of `model_type` (from scratch) or `model_name_or_path`")
-    if not training_args.output_dir:
-        raise RecipeError("pretrain needs `output_dir`")
+    check_arguments(data_args, training_args, model_args)
     set_seed(training_args.seed)
 
     # Data first: bad input fails before any model is built.
@@ -76,10 +86,16 @@ def run(data_args: DataArguments, training_args: PretrainConfig, model_args: Mod
             data[split] = ds.filter(lambda t: bool(t.strip()), input_columns=training_args.text_column)
             dropped[f"{split}_empty_documents"] = empty
             logger.warning("%s: dropped %d empty documents", where, empty)
-    for path in (model_args.model_name_or_path, training_args.tokenizer_name_or_path):
-        if path:
-            resolve_model_path(path)
-    start_stage(training_args.output_dir, training_args)  # takes over push_to_hub: one push, when complete
+    model_name, tokenizer_name = model_args.model_name_or_path, training_args.tokenizer_name_or_path
+    inputs = {
+        "model": resolve_model(model_name) if model_name else f"from scratch ({training_args.model_type})",
+        "tokenizer": resolve_model(tokenizer_name or model_name, "tokenizer")
+        if tokenizer_name or model_name
+        else "trained byte-level BPE",
+        "dataset": resolve_dataset(data_args.dataset_name),
+    }
+    push = push_request(training_args)  # checked now: a push that cannot happen fails before training
+    start_stage(training_args.output_dir)
 
     # Tokenizer: named, from the checkpoint, or trained on the corpus.
     tokenizer_source = training_args.tokenizer_name_or_path or model_args.model_name_or_path
@@ -112,7 +128,7 @@ def run(data_args: DataArguments, training_args: PretrainConfig, model_args: Mod
 
     trainer = resilient(Trainer)(  # complete checkpoints, NaN/inf loss stop, SIGTERM (hf_rlhf.resilience)
         model=model,
-        args=training_args,
+        args=without_push(training_args),  # the trainer never pushes; the stage does, once complete
         train_dataset=blocks["train"],
         eval_dataset=blocks.get("test"),
         processing_class=tokenizer,
@@ -129,7 +145,7 @@ def run(data_args: DataArguments, training_args: PretrainConfig, model_args: Mod
     metrics["num_parameters"] = model.num_parameters()
     metrics.update(dropped)
 
-    return save_trainer_stage(
+    manifest = save_trainer_stage(
         trainer,
         tokenizer,
         "pretrain",
@@ -138,13 +154,61 @@ def run(data_args: DataArguments, training_args: PretrainConfig, model_args: Mod
         model_args=model_args,
         train_dataset=data["train"],
         metrics=metrics,
-        inputs={
-            "model": model_args.model_name_or_path or f"from scratch ({training_args.model_type})",
-            "tokenizer": tokenizer_source or "trained byte-level BPE",
-        },
+        inputs=inputs,
+        push=push,
     )
+    if push is not None and trainer.is_world_process_zero():
+        manifest = push_stage(training_args.output_dir, push)
+    return manifest
+
+
+def plan(data_args: DataArguments, training_args: PretrainConfig, model_args: ModelConfig, ctx: Context) -> StagePlan:
+    """The dry run of `run`: the same checks, then what it would build and train (`hf_rlhf.plan`)."""
+    check_arguments(data_args, training_args, model_args)
+    args, out = training_args, StagePlan("pretrain")
+    if args.model_type:
+        if args.tokenizer_name_or_path:
+            vocab = architecture(args.tokenizer_name_or_path).vocab
+            tokenizer = f"tokenizer {args.tokenizer_name_or_path} ({vocab} tokens; +1 if a PAD token is added)"
+        else:
+            vocab, tokenizer = args.vocab_size, f"byte-level BPE trained on the corpus (vocab_size {args.vocab_size})"
+        arch = architecture_from_type(
+            args.model_type, args.model_config_kwargs, vocab, "the recipe's model_config_kwargs"
+        )
+        out.rows.append(("model", f"{arch.name}; {tokenizer}"))
+        dtype = "float32"  # from_config builds fp32 weights
+    else:
+        arch, label = ctx.model(model_args.model_name_or_path, "model_name_or_path", model_args.model_revision)
+        out.rows.append(("model", f"{label}, continued"))
+        dtype = model_args.dtype
+    total = arch.count()["total"]
+    out.rows += [("architecture", arch.shape()), ("parameters", f"{total:,} ({human(total)})")]
+    text, _ = describe_dataset(
+        data_args.dataset_name,
+        ctx,
+        text_formats(args.text_column),
+        config=data_args.dataset_config,
+        train_split=data_args.dataset_train_split,
+        test_split=data_args.dataset_test_split,
+    )
+    out.rows.append(("data", text))
+    precision, e = rows.precision_row(args, model_args, ctx.launch, dtype)
+    out.rows.append(("precision", precision))
+    batch, global_batch = rows.batch_row(args, ctx.launch, f"blocks of {args.block_size} tokens")
+    out.rows.append(("batch", f"{batch} ({global_batch * args.block_size:,} tokens)"))
+    out.rows.append(("schedule", rows.schedule_row(args, global_batch, data_args.max_train_samples)))
+    if model_args.use_peft or model_args.load_in_4bit or model_args.load_in_8bit:
+        out.notes.append("the pretrain stage trains every weight: use_peft and quantization are ignored")
+    out.roles = [Role("model", arch, dtype=dtype, trainable=True, optim=args.optim, optim_args=args.optim_args)]
+    checkpointing, micro = rows.uses_checkpointing(args, ctx.launch), args.per_device_train_batch_size
+    logits = not rows.liger(args, out)
+    acts = training_activations(arch, micro, args.block_size, e, checkpointing, logits, rows.uses_eager(model_args))
+    out.rows.append(("activations", rows.activation_row(checkpointing, micro, args.block_size)))
+    out.memory = estimate(out.roles, acts, ctx.launch)
+    rows.optimizer_notes(out, args)
+    out.produces = arch
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
-    data_args, training_args, model_args = parse_stage_args(make_parser("hf-rlhf pretrain"), argv)
-    return run(data_args, training_args, model_args)
+    return run(*parse_command_line(arguments, argv, prog="hf-rlhf pretrain"))

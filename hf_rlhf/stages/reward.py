@@ -19,19 +19,28 @@ from transformers import set_seed
 from trl import ModelConfig, TrlParser
 
 from ..configs import DataArguments, RewardStageConfig
-from ..data.formats import DataValidationError, load_stage_dataset
+from ..data.formats import (
+    PREFERENCE_FORMATS,
+    REFERENCE_FORMATS,
+    DataValidationError,
+    load_stage_dataset,
+    resolve_dataset,
+)
 from ..data.preference import to_groups
+from ..hub.push import push_request, push_stage, without_push
 from ..manifest import save_trainer_stage, start_stage
 from ..modeling import (
     is_quantized,
     load_reward_model,
     load_tokenizer,
     peft_config_for,
-    resolve_model_path,
+    resolve_model,
     torch_dtype,
     trainable_parameters,
 )
-from ..recipes import RecipeError, parse_stage_args
+from ..plan import rows as plan_rows
+from ..plan.context import Context, StagePlan, describe_dataset
+from ..recipes import RecipeError, parse_command_line
 from ..resilience import resilient
 from ..reward.scorer import encode_for_reward, score_sequences, shift_reward
 from ..reward.trainer import GroupedPreferenceCollator, GroupedRewardTrainer, plot_calibration, quality_report
@@ -74,15 +83,14 @@ def reference_pairs(name: str, max_samples: int) -> tuple[list[Any], list[Any]]:
     """(prompts, completions) of a demonstration dataset: prompt-completion or `messages`."""
     data = load_stage_dataset(DataArguments(dataset_name=name, eval_split_size=0.0))["train"]
     rows = data.select(range(min(max_samples, len(data))))
-    if {"prompt", "completion"} <= set(rows.column_names):
+    fmt, _ = REFERENCE_FORMATS.detect(rows.column_names, f"reference dataset '{name}'")
+    if fmt == "prompt-completion":
         return rows["prompt"], rows["completion"]
-    if "messages" in rows.column_names:
-        return [m[:-1] for m in rows["messages"]], [m[-1:] for m in rows["messages"]]
-    raise DataValidationError(f"reference dataset '{name}': expected ('prompt', 'completion') or ('messages',)")
+    return [m[:-1] for m in rows["messages"]], [m[-1:] for m in rows["messages"]]
 
 
-def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: ModelConfig) -> dict[str, Any]:
-    """Train, centre and check a reward model; save it with its tokenizer, calibration plot and manifest."""
+def check_arguments(data_args: DataArguments, training_args: RewardStageConfig, model_args: ModelConfig) -> None:
+    """What `run` checks of the recipe before reading data (`plan` checks the same)."""
     if training_args.invalid_rows not in ("error", "drop") or training_args.too_long not in (
         "drop",
         "truncate",
@@ -91,10 +99,18 @@ def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: 
         raise RecipeError("invalid_rows must be 'error' or 'drop'; too_long must be 'drop', 'truncate' or 'error'")
     if not model_args.model_name_or_path or not training_args.output_dir:
         raise RecipeError("reward needs `model_name_or_path` (the SFT model) and `output_dir`")
+
+
+def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: ModelConfig) -> dict[str, Any]:
+    """Train, centre and check a reward model; save it with its tokenizer, calibration plot and manifest."""
+    check_arguments(data_args, training_args, model_args)
     set_seed(training_args.seed)
 
     data = load_stage_dataset(data_args, seed=training_args.seed)
-    resolve_model_path(model_args.model_name_or_path)
+    inputs = {
+        "model": resolve_model(model_args.model_name_or_path),
+        "dataset": resolve_dataset(data_args.dataset_name),
+    }
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
     encoded, dropped, fmt = {}, {}, None
     for split, ds in data.items():
@@ -110,7 +126,9 @@ def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: 
         ref_prompts, ref_completions = reference_pairs(
             training_args.reference_dataset, training_args.reference_max_samples
         )
-    start_stage(training_args.output_dir, training_args)  # takes over push_to_hub: one push, when complete
+        inputs["reference_dataset"] = resolve_dataset(training_args.reference_dataset)
+    push = push_request(training_args)  # checked now: a push that cannot happen fails before training
+    start_stage(training_args.output_dir)
 
     model = load_reward_model(
         model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code, model_args=model_args
@@ -120,7 +138,7 @@ def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: 
     columns = ["input_ids", "pairs", "margins"]
     trainer = resilient(GroupedRewardTrainer)(  # complete checkpoints, NaN/inf loss stop, SIGTERM
         model=model,
-        args=training_args,
+        args=without_push(training_args),  # the trainer never pushes; the stage does, once complete
         train_dataset=Dataset.from_list([{k: g[k] for k in columns} for g in encoded["train"]]),
         eval_dataset=Dataset.from_list([{k: g[k] for k in columns} for g in encoded["test"]])
         if "test" in encoded
@@ -161,7 +179,7 @@ def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: 
             os.makedirs(training_args.output_dir, exist_ok=True)
             plot_calibration(quality["calibration"], os.path.join(training_args.output_dir, "calibration.png"))
 
-    return save_trainer_stage(
+    manifest = save_trainer_stage(
         trainer,
         tokenizer,
         "reward",
@@ -170,10 +188,65 @@ def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: 
         model_args=model_args,
         train_dataset=data["train"],
         metrics=metrics,
+        inputs=inputs,
         extra={"model_kind": "reward model (AutoModelForSequenceClassification, num_labels=1); not a chat model"},
+        push=push,
     )
+    if push is not None and trainer.is_world_process_zero():
+        manifest = push_stage(training_args.output_dir, push)
+    return manifest
+
+
+def plan(
+    data_args: DataArguments, training_args: RewardStageConfig, model_args: ModelConfig, ctx: Context
+) -> StagePlan:
+    """The dry run of `run`: the same checks, then what it would train (`hf_rlhf.plan`)."""
+    check_arguments(data_args, training_args, model_args)
+    args, out = training_args, StagePlan("reward")
+    arch, label = ctx.model(model_args.model_name_or_path, "model_name_or_path", model_args.model_revision)
+    plan_rows.model_rows(out, arch, label, head="reward")
+    text, info = describe_dataset(
+        data_args.dataset_name,
+        ctx,
+        PREFERENCE_FORMATS,
+        config=data_args.dataset_config,
+        train_split=data_args.dataset_train_split,
+        test_split=data_args.dataset_test_split,
+    )
+    out.rows.append(("data", text))
+    k = 2
+    if info.get("format") == "ranked":
+        k = info.get("completions") or 4
+        assumed = "" if info.get("completions") else " (assumed; the rows say at load time)"
+        out.rows.append(
+            ("comparisons", f"K={k}{assumed} ranked completions per prompt: up to {k * (k - 1) // 2} pairs")
+        )
+    elif info.get("format") == "pairwise":
+        out.rows.append(("comparisons", "pairs (K=2): one chosen, one rejected completion per prompt"))
+        if data_args.dataset_name and not os.path.exists(data_args.dataset_name):
+            out.notes.append(
+                "comparisons come from a public pairwise dataset: it replaces the tiny world's sample-and-rank step "
+                "(`hf-rlhf sample` + a labeler)"
+            )
+    if args.reference_dataset:
+        name = args.reference_dataset
+        where = f"reference dataset '{name}'"
+        _, ref = describe_dataset(name, ctx, REFERENCE_FORMATS, test_split=None, what="reference_dataset", where=where)
+        fmt = ref.get("format", "columns checked at load time")
+        out.rows.append(
+            (
+                "centring",
+                f"the mean reward over {args.reference_max_samples} rows of {name} ({fmt}, split train) is set to 0",
+            )
+        )
+    else:
+        out.rows.append(("centring", "none (no reference_dataset): the RL stage cannot normalize_reward"))
+    seq = args.max_length or 1024
+    plan_rows.trained_model(
+        out, arch, "reward", data_args, args, model_args, ctx, seq, logits=False, sequences_per_row=k
+    )
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    data_args, training_args, model_args = parse_stage_args(make_parser("hf-rlhf reward"), argv)
-    return run(data_args, training_args, model_args)
+    return run(*parse_command_line(arguments, argv, prog="hf-rlhf reward"))

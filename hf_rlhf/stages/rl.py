@@ -9,6 +9,7 @@ functions. Prompts are text or conversations (TRL's prompt-only format). The RL 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -17,7 +18,8 @@ from transformers import set_seed
 from trl import ModelConfig, TrlParser
 
 from ..configs import RL_CONFIGS, DataArguments, RLArguments
-from ..data.formats import DataValidationError, dataset_fingerprint, load_stage_dataset
+from ..data.formats import PROMPT_FORMATS, dataset_fingerprint, load_stage_dataset, resolve_dataset
+from ..hub.push import push_request, push_stage, without_push
 from ..manifest import finish_stage, read_manifest, start_stage
 from ..modeling import (
     is_quantized,
@@ -25,10 +27,14 @@ from ..modeling import (
     load_reward_model,
     load_tokenizer,
     peft_config_for,
+    resolve_model,
     resolve_model_path,
     trainable_parameters,
 )
-from ..recipes import RecipeError, parse_stage_args
+from ..plan import rows
+from ..plan.context import Context, StagePlan, describe_dataset
+from ..plan.memory import Role, estimate
+from ..recipes import RecipeError, parse_command_line
 from ..resilience import resilient
 from ..reward.scorer import RewardModelScorer, resolve_reward_func
 
@@ -62,6 +68,41 @@ def make_parser(prog: str | None = None, algorithm: str = "ppo") -> TrlParser:
     return TrlParser(arguments(algorithm), prog=prog)
 
 
+def check_arguments(data_args: DataArguments, rl_args: RLArguments, training_args, model_args: ModelConfig) -> None:
+    """What `run` checks of the recipe before reading data (`plan` checks the same), the rewards first."""
+    if not model_args.model_name_or_path or not training_args.output_dir:
+        raise RecipeError("rl needs `model_name_or_path` (the SFT model) and `output_dir`")
+    check_rewards(rl_args, training_args)
+    shared_base = getattr(training_args, "shared_base", False)
+    if rl_args.algorithm != "ppo" and shared_base:
+        raise RecipeError("shared_base is a PPO layout")
+    if rl_args.algorithm != "ppo":
+        return
+    if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
+        raise RecipeError("a 4/8-bit policy cannot be trained in full: set `use_peft: true` (QLoRA)")
+    if shared_base and (not model_args.use_peft or not rl_args.reward_model_path or rl_args.value_model_path):
+        raise RecipeError("shared_base needs use_peft, a LoRA `reward_model_path` and no `value_model_path`")
+    if not (rl_args.value_model_path or rl_args.reward_model_path):
+        raise RecipeError("ppo needs `value_model_path` or `reward_model_path` to initialise the value model")
+
+
+def check_rewards(rl_args: RLArguments, training_args) -> tuple[list[str], list[float]]:
+    """The rewards' names and weights: every reward function resolves, and there is one weight per reward."""
+    names = ["reward_model"] if rl_args.reward_model_path else []
+    for name in rl_args.reward_funcs or []:
+        try:
+            resolve_reward_func(name, rl_args.world_seed)
+        except ValueError as e:
+            raise RecipeError(str(e)) from e
+        names.append(name.split(":")[-1])
+    if not names:
+        raise RecipeError("rl needs `reward_model_path` and/or `reward_funcs`")
+    weights = list(training_args.reward_weights) if training_args.reward_weights else [1.0] * len(names)
+    if len(weights) != len(names):
+        raise RecipeError(f"reward_weights has {len(weights)} entries for {len(names)} rewards ({', '.join(names)})")
+    return names, weights
+
+
 def reward_functions(
     rl_args: RLArguments, training_args, model_args: ModelConfig, tokenizer
 ) -> tuple[list, list[str], list[float], dict | None]:
@@ -70,7 +111,8 @@ def reward_functions(
     The reward model is loaded with the stage's precision and quantization (a 4-bit policy gets a 4-bit reward
     model); PPO's `shared_base` layout replaces it by an adapter of the policy's base (see `run_ppo`).
     """
-    funcs, names, stats = [], [], None
+    names, weights = check_rewards(rl_args, training_args)
+    funcs, stats = [], None
     if rl_args.reward_model_path:
         reward_dir = resolve_model_path(rl_args.reward_model_path, "reward model")  # a Hub id: its snapshot
         if not getattr(training_args, "shared_base", False):
@@ -82,20 +124,9 @@ def reward_functions(
             )
         else:
             funcs.append(None)  # the shared base's reward adapter, made with the policy
-        names.append("reward_model")
         manifest = read_manifest(reward_dir) or {}
         stats = manifest.get("metrics", {}).get("reward_centring")
-    for name in rl_args.reward_funcs or []:
-        try:
-            funcs.append(resolve_reward_func(name, rl_args.world_seed))
-        except ValueError as e:
-            raise RecipeError(str(e)) from e
-        names.append(name.split(":")[-1])
-    if not funcs:
-        raise RecipeError("rl needs `reward_model_path` and/or `reward_funcs`")
-    weights = list(training_args.reward_weights) if training_args.reward_weights else [1.0] * len(funcs)
-    if len(weights) != len(funcs):
-        raise RecipeError(f"reward_weights has {len(weights)} entries for {len(funcs)} rewards ({', '.join(names)})")
+    funcs += [resolve_reward_func(name, rl_args.world_seed) for name in rl_args.reward_funcs or []]
     return funcs, names, weights, stats
 
 
@@ -114,10 +145,8 @@ def ppo_models(policy, tokenizer, rl_args: RLArguments, training_args, model_arg
     quantized = is_quantized(policy)
     if quantized and peft_config is None:
         raise RecipeError("a 4/8-bit policy cannot be trained in full: set `use_peft: true` (QLoRA)")
-    value_path = rl_args.value_model_path or rl_args.reward_model_path
+    value_path = rl_args.value_model_path or rl_args.reward_model_path  # checked by check_arguments
     if training_args.shared_base:
-        if peft_config is None or not rl_args.reward_model_path or rl_args.value_model_path:
-            raise RecipeError("shared_base needs use_peft, a LoRA `reward_model_path` and no `value_model_path`")
         try:
             check_shared_base(model_args.model_name_or_path, rl_args.reward_model_path)
         except ValueError as e:
@@ -126,8 +155,6 @@ def ppo_models(policy, tokenizer, rl_args: RLArguments, training_args, model_arg
         value_model, reward_model = shared_roles(policy, rl_args.reward_model_path)
         funcs[0] = RewardModelScorer(reward_model, tokenizer)
         return policy, None, value_model
-    if not value_path:
-        raise RecipeError("ppo needs `value_model_path` or `reward_model_path` to initialise the value model")
     value_model = load_reward_model(
         value_path, trust_remote_code=training_args.trust_remote_code, model_args=model_args
     )
@@ -169,7 +196,7 @@ def run_trl(algorithm, policy, tokenizer, train, rl_args, training_args, model_a
     trainer = trainer_cls(
         model=policy,
         reward_funcs=[trl_reward(f, n) for f, n in zip(funcs, names, strict=True)],
-        args=training_args,
+        args=without_push(training_args),  # the trainer never pushes; the stage does, once complete
         train_dataset=train,
         processing_class=tokenizer,
         peft_config=peft_config_for(model_args),
@@ -198,22 +225,26 @@ def trl_reward(fn, name: str):
 
 def run(data_args: DataArguments, rl_args: RLArguments, training_args, model_args: ModelConfig) -> dict[str, Any]:
     """Train the policy with the chosen algorithm; save it with its tokenizer, curves and manifest."""
-    if not model_args.model_name_or_path or not training_args.output_dir:
-        raise RecipeError("rl needs `model_name_or_path` (the SFT model) and `output_dir`")
+    check_arguments(data_args, rl_args, training_args, model_args)
     set_seed(training_args.seed)
     data = load_stage_dataset(data_args, seed=training_args.seed)
     train = data["train"]
-    if "prompt" not in train.column_names:
-        raise DataValidationError(
-            f"dataset '{data_args.dataset_name}': expected a 'prompt' column (prompt-only format), "
-            f"found {train.column_names}"
-        )
-    resolve_model_path(model_args.model_name_or_path)
+    PROMPT_FORMATS.detect(
+        train.column_names, f"dataset '{data_args.dataset_name}', split '{data_args.dataset_train_split}'"
+    )
+    reward_model = rl_args.reward_model_path
+    inputs = {
+        "model": resolve_model(model_args.model_name_or_path),
+        "reward_model": resolve_model(reward_model, "reward model") if reward_model else None,
+        "reward_funcs": rl_args.reward_funcs or [],
+        "dataset": {"name": resolve_dataset(data_args.dataset_name), "fingerprint": dataset_fingerprint(train)},
+    }
+    if rl_args.value_model_path:
+        inputs["value_model"] = resolve_model(rl_args.value_model_path, "value model")
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
-    if rl_args.algorithm != "ppo" and getattr(training_args, "shared_base", False):
-        raise RecipeError("shared_base is a PPO layout")
     rewards = reward_functions(rl_args, training_args, model_args, tokenizer)
-    start_stage(training_args.output_dir, training_args)  # takes over push_to_hub: one push, when complete
+    push = push_request(training_args)  # checked now: a push that cannot happen fails before training
+    start_stage(training_args.output_dir)
 
     policy = load_causal_lm(model_args, tokenizer=tokenizer, trust_remote_code=training_args.trust_remote_code)
     if rl_args.algorithm == "ppo":
@@ -226,25 +257,128 @@ def run(data_args: DataArguments, rl_args: RLArguments, training_args, model_arg
         main_process = trainer.is_world_process_zero()
     if not main_process:
         return {}
-    return finish_stage(
+    manifest = finish_stage(
         training_args.output_dir,
         "rl",
         configs={"data": data_args, "rl": rl_args, "training": training_args, "model": model_args},
-        inputs={
-            "model": model_args.model_name_or_path,
-            "reward_model": rl_args.reward_model_path,
-            "reward_funcs": rl_args.reward_funcs or [],
-            "dataset": {"name": data_args.dataset_name, "fingerprint": dataset_fingerprint(train)},
-        },
+        inputs=inputs,
         metrics={"algorithm": rl_args.algorithm, **result["metrics"]},
         extra={"history": result["history"]},
+        push=push,
     )
+    if push is not None:
+        manifest = push_stage(training_args.output_dir, push)
+    return manifest
+
+
+def plan(
+    data_args: DataArguments, rl_args: RLArguments, training_args, model_args: ModelConfig, ctx: Context
+) -> StagePlan:
+    """The dry run of `run`: the same checks, then the roles it would hold and train (`hf_rlhf.plan`)."""
+    check_arguments(data_args, rl_args, training_args, model_args)
+    _, weights = check_rewards(rl_args, training_args)
+    args, algorithm, out = training_args, rl_args.algorithm, StagePlan("rl")
+    shared_base = algorithm == "ppo" and getattr(args, "shared_base", False)
+    arch, label = ctx.model(model_args.model_name_or_path, "model_name_or_path", model_args.model_revision)
+    rows.model_rows(out, arch, label)
+    text, info = describe_dataset(
+        data_args.dataset_name,
+        ctx,
+        PROMPT_FORMATS,
+        config=data_args.dataset_config,
+        train_split=data_args.dataset_train_split,
+        test_split=data_args.dataset_test_split,
+    )
+    out.rows.append(("data", text))
+    reward_arch, rewards = None, []
+    if rl_args.reward_model_path:
+        reward_arch, reward_label = ctx.model(rl_args.reward_model_path, "reward_model_path")
+        rewards.append(f"reward model {reward_label}")
+    rewards += [f"reward function {name}" for name in rl_args.reward_funcs or []]
+    out.rows.append(("rewards", "; ".join(f"{r} (weight {w:g})" for r, w in zip(rewards, weights, strict=True))))
+
+    peft_config = rows.peft_config_of(model_args)
+    quant, nested = rows.quantization_of(model_args)
+    precision, e = rows.precision_row(args, model_args, ctx.launch)
+    out.rows.append(("precision", precision))
+    optim = "adamw_torch" if algorithm == "ppo" else args.optim  # hf_rlhf's PPO trainer builds torch AdamW
+    policy = rows.trained_role("policy", arch, "lm", model_args, peft_config, optim, getattr(args, "optim_args", None))
+    if peft_config is not None:
+        out.rows.append(("peft", rows.peft_row(peft_config, policy)))
+    frozen = {"dtype": model_args.dtype, "quantization": quant, "nested_quant": nested, "prepared": False}
+    roles, world, batch = [policy], ctx.launch.num_processes, args.per_device_train_batch_size
+    value_arch = None
+    if algorithm == "ppo":
+        new_tokens = args.max_new_tokens
+        roles.append(rows.reference_role(arch, peft_config, frozen))
+        value_arch = reward_arch
+        if rl_args.value_model_path:
+            value_arch, _ = ctx.model(rl_args.value_model_path, "value_model_path")
+        value = rows.trained_role("value", value_arch, "reward", model_args, rows.peft_config_of(model_args, "value"))
+        roles.append(dataclasses.replace(value, shared_with="policy" if shared_base else None))
+        per_update = args.rollout_batch_size
+        out.rows.append(
+            (
+                "rollouts",
+                f"{per_update} prompts per process x {world} = {per_update * world} per update, {args.max_steps} "
+                f"updates; each {args.num_ppo_epochs} epochs x {args.num_mini_batches} minibatches "
+                f"(micro-batch {batch}); temperature {args.temperature:g}, kl_coef {args.kl_coef:g} "
+                f"({args.kl_estimator}), lr {args.learning_rate:g}",
+            )
+        )
+        rollout_batch = min(args.rollout_forward_batch_size, per_update)
+    else:
+        new_tokens = args.max_completion_length
+        if args.beta:  # TRL prepares the reference model (sharded under ZeRO-3 / FSDP)
+            roles.append(rows.reference_role(arch, peft_config, {**frozen, "prepared": True}))
+        per_step = batch * args.gradient_accumulation_steps * world
+        steps = f"{args.max_steps} steps" if args.max_steps > 0 else f"{args.num_train_epochs:g} epochs"
+        out.rows.append(
+            (
+                "groups",
+                f"{args.num_generations} completions per prompt; {per_step} completions "
+                f"({per_step // args.num_generations} prompts) per optimizer step, {steps}; beta {args.beta:g}, "
+                f"lr {args.learning_rate:g}",
+            )
+        )
+        rollout_batch = args.generation_batch_size or batch * args.gradient_accumulation_steps
+    if reward_arch is not None and shared_base:
+        reward_peft = rows.peft_config_of(model_args, "reward")
+        roles.append(Role("reward", reward_arch, "reward", peft_config=reward_peft, shared_with="policy"))
+    elif reward_arch is not None:
+        roles.append(Role("reward", reward_arch, "reward", **frozen))
+
+    checkpointing, eager = rows.uses_checkpointing(args, ctx.launch), rows.uses_eager(model_args)
+    if algorithm == "ppo" and checkpointing:
+        out.notes.append("hf_rlhf's PPO trainer does not turn on activation checkpointing: planned without it")
+        checkpointing = False
+    prompt = rows.prompt_tokens(info, arch, new_tokens)
+    seq = prompt + new_tokens
+    logits = algorithm == "ppo" or not rows.liger(args, out)  # TRL's GRPO/RLOO loss is fused by liger; PPO's is not
+    update, rollout = rows.rl_activations(arch, value_arch, batch, seq, rollout_batch, e, checkpointing, eager, logits)
+    peak = "update" if update >= rollout else "rollout"
+    extra = f" (prompt <= {prompt} assumed + {new_tokens} new); rollout {rollout_batch} at a time; peak: {peak}"
+    out.rows.append(("activations", rows.activation_row(checkpointing, batch, seq, extra)))
+    out.roles = roles
+    out.memory = estimate(roles, max(update, rollout), ctx.launch)
+    if algorithm != "ppo":
+        rows.optimizer_notes(out, args)
+    unsharded = [r.name for r in roles if not r.prepared and not r.shared_with]
+    if algorithm == "ppo" and unsharded and ctx.launch.shards()[0] > 1:
+        out.notes.append(
+            f"the frozen {' and '.join(unsharded)} model{'s are' if len(unsharded) > 1 else ' is'} not passed to "
+            "accelerator.prepare, so ZeRO-3/FSDP does not shard it (counted whole on every GPU); with zero3_init_flag "
+            "it is partitioned at load and needs a DeepSpeed engine of its own: for PPO prefer ddp.yaml or "
+            "deepspeed_zero2.yaml"
+        )
+    if shared_base:
+        out.notes.append(
+            "shared_base: policy, reference (adapters off), value and reward are adapters of one copy of the SFT "
+            "model; the reward stage must have trained a LoRA adapter on that same SFT model"
+        )
+    out.produces = arch
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    algorithm = algorithm_of(argv)
-    data_args, rl_args, training_args, model_args = parse_stage_args(make_parser("hf-rlhf rl", algorithm), argv)
-    return run(data_args, rl_args, training_args, model_args)
+    return run(*parse_command_line(arguments, argv, prog="hf-rlhf rl"))

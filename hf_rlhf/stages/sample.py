@@ -15,8 +15,14 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 
 from ..configs import DataArguments, SampleArguments
+from ..data.formats import PROMPT_FORMATS, resolve_dataset
+from ..errors import RecipeError
 from ..eval.generation import format_prompts, generate
+from ..hub.push import push_request, push_stage
 from ..manifest import finish_stage, require_complete, start_stage
+from ..plan import rows
+from ..plan.context import Context, StagePlan, describe_dataset
+from ..plan.memory import Role, estimate, rollout_activations
 from ..resilience import process_state
 from ..reward.scorer import as_messages
 
@@ -48,30 +54,36 @@ def sample_completions(
     return [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
 
 
-def run(data_args: DataArguments, args: SampleArguments) -> dict[str, Any]:
-    """Write the comparison dataset (and JSONL exports) to `args.output_dir`; returns the manifest."""
-    from ..data.formats import DataValidationError, load_stage_dataset
-    from ..modeling import load_model_for_inference, resolve_model_path
-    from ..recipes import RecipeError
-
+def check_arguments(data_args: DataArguments, args: SampleArguments) -> None:
+    """What `run` checks of the recipe before reading data (`plan` checks the same)."""
     if args.num_completions < 2:
         raise RecipeError(f"num_completions must be at least 2, got {args.num_completions}")
     if args.labeler not in LABELERS:
         raise RecipeError(f"labeler must be one of {LABELERS}, got {args.labeler!r}")
     if not args.output_dir or not args.model_name_or_path:
         raise RecipeError("sample needs `model_name_or_path` and `output_dir`")
+
+
+def run(data_args: DataArguments, args: SampleArguments) -> dict[str, Any]:
+    """Write the comparison dataset (and JSONL exports) to `args.output_dir`; returns the manifest."""
+    from ..data.formats import load_stage_dataset
+    from ..modeling import load_model_for_inference, resolve_model
+
+    check_arguments(data_args, args)
     data = load_stage_dataset(DataArguments(**{**vars(data_args), "eval_split_size": 0.0}))
-    if "prompt" not in data["train"].column_names:
-        raise DataValidationError(
-            f"dataset '{data_args.dataset_name}': expected a 'prompt' column, found {data['train'].column_names}"
-        )
+    where = f"dataset '{data_args.dataset_name}', split '{data_args.dataset_train_split}'"
+    PROMPT_FORMATS.detect(data["train"].column_names, where)
     prompts = data["train"]["prompt"][: args.max_prompts]
-    resolve_model_path(args.model_name_or_path)
+    inputs = {
+        "model": resolve_model(args.model_name_or_path),
+        "dataset": {"name": resolve_dataset(data_args.dataset_name)},
+    }
     state = process_state()
     if not state.is_main_process:  # under `accelerate launch` the main process samples and writes; the rest wait
         state.wait_for_everyone()
         return require_complete(args.output_dir)
-    start_stage(args.output_dir, args)
+    push = push_request(args)  # checked now: a push that cannot happen fails before sampling
+    start_stage(args.output_dir)
 
     model, tokenizer = load_model_for_inference(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     completions = sample_completions(model, tokenizer, prompts, args)
@@ -99,11 +111,43 @@ def run(data_args: DataArguments, args: SampleArguments) -> dict[str, Any]:
         args.output_dir,
         "sample",
         configs={"data": data_args, "sample": args},
-        inputs={"model": args.model_name_or_path, "dataset": {"name": data_args.dataset_name}},
+        inputs=inputs,
         metrics={"num_prompts": len(prompts), "num_completions": args.num_completions, "labeler": args.labeler},
+        push=push,
     )
+    if push is not None:
+        manifest = push_stage(args.output_dir, push)
     state.wait_for_everyone()
     return manifest
+
+
+def plan(data_args: DataArguments, args: SampleArguments, ctx: Context) -> StagePlan:
+    """The dry run of `run`: the same checks, then what it would generate (`hf_rlhf.plan`)."""
+    check_arguments(data_args, args)
+    out = StagePlan("sample")
+    arch, label = ctx.model(args.model_name_or_path, "model_name_or_path")
+    rows.model_rows(out, arch, label)
+    text, info = describe_dataset(
+        data_args.dataset_name,
+        ctx,
+        PROMPT_FORMATS,
+        config=data_args.dataset_config,
+        train_split=data_args.dataset_train_split,
+    )
+    out.rows.append(("data", text))
+    k, seq = args.num_completions, rows.prompt_tokens(info, arch, args.max_new_tokens) + args.max_new_tokens
+    out.rows.append(
+        (
+            "sampling",
+            f"K={k} completions per prompt, temperature {args.temperature:g}, <= {args.max_new_tokens} new "
+            f"tokens, {args.batch_size} sequences at a time; ranked by: {args.labeler}",
+        )
+    )
+    out.roles = [Role("model", arch, dtype="float32", prepared=False)]
+    out.rows.append(("activations", f"generation of {args.batch_size} x {seq} tokens"))
+    out.memory = estimate(out.roles, rollout_activations(arch, args.batch_size, seq, 4), ctx.launch)
+    out.extra["num_completions"] = k
+    return out
 
 
 def _question(prompt: Any) -> str:
@@ -124,9 +168,8 @@ def make_parser(prog: str | None = None):
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """`hf-rlhf sample`: K completions per prompt, ready to be ranked."""
-    from ..recipes import parse_stage_args
+    from ..recipes import parse_command_line
 
-    data_args, args = parse_stage_args(make_parser("hf-rlhf sample"), argv)
-    manifest = run(data_args, args)
+    manifest = run(*parse_command_line(arguments, argv, prog="hf-rlhf sample"))
     print(json.dumps(manifest["metrics"]))
     return manifest

@@ -10,15 +10,26 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 from transformers import set_seed
 from trl import ModelConfig, SFTTrainer, TrlParser
 
 from ..configs import DataArguments, SFTStageConfig
-from ..data.formats import check_sft_dataset, is_conversational_dataset, load_stage_dataset
+from ..data.formats import (
+    SFT_FORMATS,
+    check_sft_dataset,
+    is_conversational_dataset,
+    load_stage_dataset,
+    resolve_dataset,
+    sft_ignored_columns,
+)
+from ..hub.push import push_request, push_stage, without_push
 from ..manifest import save_trainer_stage, start_stage
-from ..modeling import load_causal_lm, load_tokenizer, peft_config_for, resolve_model_path, trainable_parameters
-from ..recipes import RecipeError, parse_stage_args
+from ..modeling import load_causal_lm, load_tokenizer, peft_config_for, resolve_model, trainable_parameters
+from ..plan import rows
+from ..plan.context import Context, StagePlan, describe_dataset
+from ..recipes import RecipeError, parse_command_line
 from ..resilience import resilient
 
 logger = logging.getLogger(__name__)
@@ -33,16 +44,27 @@ def make_parser(prog: str | None = None) -> TrlParser:
     return TrlParser(arguments(), prog=prog)
 
 
+def check_arguments(data_args: DataArguments, training_args: SFTStageConfig, model_args: ModelConfig) -> None:
+    """What `run` checks of the recipe before reading data (`plan` checks the same)."""
+    if not model_args.model_name_or_path:
+        raise RecipeError("sft needs `model_name_or_path` (the pretraining output)")
+    if not training_args.output_dir:
+        raise RecipeError("sft needs `output_dir`")
+    path = training_args.chat_template_path
+    if path and path.endswith((".jinja", ".j2")) and not os.path.isfile(path):
+        raise RecipeError(
+            f"chat_template_path '{path}' does not exist (it is read relative to the working directory: run from "
+            "the repository root)"
+        )
+
+
 def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: ModelConfig) -> dict:
     """Finetune `model_args.model_name_or_path` on demonstrations; save model, tokenizer and manifest.
 
     Returns:
         `dict`: the stage manifest (metrics include held-out `eval_loss` and `perplexity` on responses).
     """
-    if not model_args.model_name_or_path:
-        raise RecipeError("sft needs `model_name_or_path` (the pretraining output)")
-    if not training_args.output_dir:
-        raise RecipeError("sft needs `output_dir`")
+    check_arguments(data_args, training_args, model_args)
     set_seed(training_args.seed)
 
     data = load_stage_dataset(data_args, seed=training_args.seed)
@@ -50,7 +72,13 @@ def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: Mod
         split: check_sft_dataset(ds, f"dataset '{data_args.dataset_name}', split '{split}'")
         for split, ds in data.items()
     }
-    resolve_model_path(model_args.model_name_or_path)
+    for split, ds in data.items():  # e.g. UltraChat's `prompt` beside `messages`, which TRL would misread
+        if sft_ignored_columns(formats[split], ds.column_names):
+            data[split] = ds.remove_columns(sft_ignored_columns(formats[split], ds.column_names))
+    inputs = {
+        "model": resolve_model(model_args.model_name_or_path),
+        "dataset": resolve_dataset(data_args.dataset_name),
+    }
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
     conversational = is_conversational_dataset(data["train"])
     if conversational and not tokenizer.chat_template and not training_args.chat_template_path:
@@ -60,12 +88,13 @@ def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: Mod
         )
     if formats["train"] == "conversational" and "{% generation %}" in (tokenizer.chat_template or ""):
         training_args.assistant_only_loss = True
-    start_stage(training_args.output_dir, training_args)  # takes over push_to_hub: one push, when complete
+    push = push_request(training_args)  # checked now: a push that cannot happen fails before training
+    start_stage(training_args.output_dir)
 
     model = load_causal_lm(model_args, tokenizer=tokenizer, trust_remote_code=training_args.trust_remote_code)
     trainer = resilient(SFTTrainer)(  # complete checkpoints, NaN/inf loss stop, SIGTERM (hf_rlhf.resilience)
         model=model,
-        args=training_args,
+        args=without_push(training_args),  # the trainer never pushes; the stage does, once complete
         train_dataset=data["train"],
         eval_dataset=data.get("test"),
         processing_class=tokenizer,
@@ -79,7 +108,7 @@ def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: Mod
         eval_loss = trainer.evaluate()["eval_loss"]
         metrics.update(eval_loss=eval_loss, perplexity=math.exp(min(eval_loss, 50)))
 
-    return save_trainer_stage(
+    manifest = save_trainer_stage(
         trainer,
         tokenizer,
         "sft",
@@ -88,9 +117,51 @@ def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: Mod
         model_args=model_args,
         train_dataset=data["train"],
         metrics=metrics,
+        inputs=inputs,
+        push=push,
     )
+    if push is not None and trainer.is_world_process_zero():
+        manifest = push_stage(training_args.output_dir, push)
+    return manifest
+
+
+def plan(data_args: DataArguments, training_args: SFTStageConfig, model_args: ModelConfig, ctx: Context) -> StagePlan:
+    """The dry run of `run`: the same checks, then what it would train (`hf_rlhf.plan`)."""
+    check_arguments(data_args, training_args, model_args)
+    out = StagePlan("sft")
+    arch, label = ctx.model(model_args.model_name_or_path, "model_name_or_path", model_args.model_revision)
+    rows.model_rows(out, arch, label)
+    text, info = describe_dataset(
+        data_args.dataset_name,
+        ctx,
+        SFT_FORMATS,
+        config=data_args.dataset_config,
+        train_split=data_args.dataset_train_split,
+        test_split=data_args.dataset_test_split,
+    )
+    ignored = sft_ignored_columns(info["format"], info["columns"]) if "format" in info else []
+    if ignored:
+        text += f"; {', '.join(ignored)} dropped (TRL's SFTTrainer reads a row with a 'prompt' as prompt-completion)"
+    out.rows.append(("data", text))
+    out.rows.append(("loss", loss_row(training_args, info.get("format"))))
+    if training_args.chat_template_path:
+        out.notes.append(f"chat template from {training_args.chat_template_path}")
+    seq = training_args.max_length or 1024
+    rows.trained_model(out, arch, "lm", data_args, training_args, model_args, ctx, seq, logits=True)
+    return out
+
+
+def loss_row(args: SFTStageConfig, fmt: str | None) -> str:
+    """Which tokens the loss is on, by format (TRL's defaults; `run` turns assistant_only_loss on for `messages`
+    data when the chat template marks assistant turns with `{% generation %}`)."""
+    if args.assistant_only_loss:
+        return "assistant turns only (assistant_only_loss)"
+    if fmt == "prompt-completion" and args.completion_only_loss is not False:
+        return "completion tokens only (TRL's default for prompt-completion data)"
+    if fmt == "conversational":
+        return "assistant turns when the chat template marks them with {% generation %}, else every token"
+    return "every token" if fmt else "by format: completion only (prompt-completion), else per the chat template"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    data_args, training_args, model_args = parse_stage_args(make_parser("hf-rlhf sft"), argv)
-    return run(data_args, training_args, model_args)
+    return run(*parse_command_line(arguments, argv, prog="hf-rlhf sft"))

@@ -1,0 +1,152 @@
+"""PPO's experience: the seeded prompt order, sampling, the `Rollout` batch and its statistics, and `PolicyAndValue`,
+the forward pass that rollout and update share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..eval.generation import format_prompts
+from . import core
+
+
+@dataclass
+class Rollout:
+    """One batch of experience; tensors are (B, P) for queries and (B, T) for responses."""
+
+    prompts: list[Any]
+    completions: list[str]
+    query_ids: torch.Tensor
+    query_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    has_eos: torch.Tensor
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    entropy: torch.Tensor
+    scores: torch.Tensor | None = None
+    score_parts: dict[str, torch.Tensor] | None = None
+    rewards: torch.Tensor | None = None
+    kl: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+
+    def select(self, index: torch.Tensor) -> Rollout:
+        """The rows `index` of every tensor field (lists and dicts are left whole)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Rollout(**{k: v[index] if isinstance(v, torch.Tensor) else v for k, v in values.items()})
+
+
+class PolicyAndValue(nn.Module):
+    """Policy and value model as one module: one optimizer, one `accelerator.prepare`, one DDP wrapper."""
+
+    def __init__(self, policy: PreTrainedModel, value_model: PreTrainedModel):
+        super().__init__()
+        self.policy, self.value_model = policy, value_model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, context_length: int):
+        """Logits and values that predict the response tokens: positions context_length-1 .. end-1."""
+        position_ids = core.position_ids_from_mask(attention_mask)
+        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        values = sequence_values(self.value_model, input_ids, attention_mask, position_ids)
+        return logits[:, context_length - 1 : -1], values[:, context_length - 1 : -1]
+
+
+def sequence_values(model: PreTrainedModel, input_ids, attention_mask, position_ids) -> torch.Tensor:
+    """A sequence-classification model's head applied at every position: (B, L).
+
+    Works for a plain model, a peft-wrapped one (a LoRA value model) and a role of the shared base
+    (`hf_rlhf.ppo.roles.AdapterScalarModel`).
+    """
+    if hasattr(model, "per_token_scores"):
+        return model.per_token_scores(input_ids, attention_mask, position_ids)
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+    return model.score(hidden).squeeze(-1)
+
+
+def prompt_batches(train_dataset, batch_size: int, seed: int, world_size: int = 1, rank: int = 0) -> Iterator[list]:
+    """Process `rank`'s `batch_size` prompts of each update, forever, in a seeded order a resumed run replays exactly.
+
+    Each update takes the next `batch_size * world_size` rows of a permutation of the dataset (seed + epoch); a new
+    permutation starts when the rest of the current one is too short for an update.
+    """
+    n, per_update = len(train_dataset), batch_size * world_size
+    if per_update > n:
+        raise ValueError(f"an update needs {per_update} prompts but the dataset has {n}")
+    epoch, position, order = 0, 0, None
+    while True:
+        if order is None or position + per_update > n:
+            generator = torch.Generator().manual_seed(seed + epoch)
+            order, position, epoch = torch.randperm(n, generator=generator).tolist(), 0, epoch + 1
+        chunk = order[position : position + per_update]
+        position += per_update
+        mine = chunk[rank * batch_size : (rank + 1) * batch_size]
+        yield [train_dataset[i]["prompt"] for i in mine]
+
+
+def sampling_config(tokenizer: PreTrainedTokenizerBase, temperature: float, max_new_tokens: int) -> GenerationConfig:
+    """Plain temperature sampling: top-k, top-p, min-p, typical-p and repetition penalty off, whatever the model's
+    own generation config says (the logprobs PPO computes are those of this distribution)."""
+    return GenerationConfig(
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        min_p=None,
+        typical_p=1.0,
+        repetition_penalty=1.0,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Any], device) -> tuple[torch.Tensor, ...]:
+    """Left-padded query ids and attention mask (B, P) of text or conversational prompts (chat template)."""
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        enc = tokenizer(
+            format_prompts(tokenizer, prompts), return_tensors="pt", padding=True, add_special_tokens=False
+        )
+    finally:
+        tokenizer.padding_side = side
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+
+
+def generate_responses(
+    policy: PreTrainedModel, query_ids, query_mask, generation_config: GenerationConfig, batch_size: int
+) -> torch.Tensor:
+    """The generated tokens (B, T) after each query, `batch_size` queries per `generate` call, right-padded."""
+    chunks = []
+    for start in range(0, len(query_ids), batch_size):
+        q, m = query_ids[start : start + batch_size], query_mask[start : start + batch_size]
+        # generate derives position ids from the attention mask, so left padding does not shift them
+        out = policy.generate(input_ids=q, attention_mask=m, generation_config=generation_config)
+        chunks.append(out[:, q.shape[1] :])
+    width, pad = max(c.shape[1] for c in chunks), generation_config.pad_token_id
+    return torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=pad) for c in chunks])
+
+
+def rollout_statistics(rollout: Rollout, kl_coef: float) -> dict[str, torch.Tensor]:
+    """This process's statistics of a scored rollout with advantages, over valid tokens only (scalars)."""
+    mask = rollout.response_mask.float()
+    kl_per_seq = rollout.kl.sum(-1)
+    return {
+        "score": rollout.scores.mean(),
+        "rlhf_reward": (rollout.scores + (-kl_coef * kl_per_seq)).mean(),
+        "kl": kl_per_seq.mean(),
+        "entropy": core.masked_mean(rollout.entropy, mask),
+        "response_length": mask.sum(-1).mean(),
+        "missing_eos_rate": (~rollout.has_eos).float().mean(),
+        "value/explained_variance": core.explained_variance(rollout.values, rollout.returns, mask),
+        **{f"reward/{name}": part.mean() for name, part in rollout.score_parts.items()},
+    }
