@@ -1,5 +1,5 @@
 PYTHON ?= python3
-# The CPU build of torch; set TORCH_SPEC=torch for your platform's default (e.g. a CUDA build).
+# Installed only when torch cannot be imported: PyPI's build for the platform (CUDA on Linux x86_64); see docs/development.md.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := .make/installed
 
