@@ -86,23 +86,6 @@ def parse_command_line(
     return pin_revisions(parser.parse_args_into_dataclasses(args=args))
 
 
-def parse_stage_args(parser: TrlParser, args: list[str] | None = None) -> tuple:
-    """Deprecated: being replaced by `parse_command_line` (kept while the dry run moves over)."""
-    import sys
-
-    args = list(sys.argv[1:] if args is None else args)
-    valid = parser_keys(parser)
-    if "--config" in args:
-        i = args.index("--config")
-        if i + 1 >= len(args):
-            raise RecipeError("--config needs a path to a YAML recipe")
-        path = args[i + 1]
-        check_keys(load_yaml_mapping(path), valid, f"recipe file '{path}'")
-    flags = [a[2:].split("=", 1)[0].replace("-", "_") for a in args if a.startswith("--")]
-    check_keys([f for f in flags if f not in ("config", "help")], valid, "command line")
-    return pin_revisions(parser.parse_args_and_config(args))
-
-
 def parse_values(types: tuple[type, ...], values: dict[str, Any], where: str) -> tuple:
     """A stage's dataclasses from a mapping of values (a recipe's, the pipeline's wiring, overrides), parsed once.
 

@@ -8,7 +8,6 @@ functions. Prompts are text or conversations (TRL's prompt-only format). The RL 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import os
@@ -39,21 +38,6 @@ from ..resilience import resilient
 from ..reward.scorer import RewardModelScorer, resolve_reward_func
 
 logger = logging.getLogger(__name__)
-
-
-def algorithm_of(argv: list[str]) -> str:
-    """The `algorithm` of a command line (or its --config recipe), read before choosing the config class."""
-    from ..recipes import load_yaml_mapping
-
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")
-    pre.add_argument("--algorithm")
-    known, _ = pre.parse_known_args(argv)
-    algorithm = known.algorithm or (load_yaml_mapping(known.config).get("algorithm") if known.config else None)
-    algorithm = algorithm or "ppo"
-    if algorithm not in RL_CONFIGS:
-        raise RecipeError(f"algorithm must be one of {sorted(RL_CONFIGS)}, got {algorithm!r}")
-    return algorithm
 
 
 def arguments(algorithm: str | None = None) -> tuple[type, ...]:
