@@ -11,10 +11,10 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from hf_rlhf.data.formats import DataValidationError
 from hf_rlhf.data.preference import pairs_from_ranking, to_groups
-from hf_rlhf.modeling import load_reward_model
+from hf_rlhf.modeling import load_reward_model, load_tokenizer
 from hf_rlhf.reward.scorer import best_of_n, encode_for_reward, score_sequences, shift_reward
 from hf_rlhf.reward.trainer import GroupedPreferenceCollator, grouped_pairwise_loss, quality_report
-from hf_rlhf.stages.reward import RewardStageConfig, encode_groups
+from hf_rlhf.stages.reward import RewardStageConfig, encode_groups, reference_pairs
 from hf_rlhf.stages.sample import ranks_from_scores
 
 
@@ -197,12 +197,23 @@ def test_quick_pipeline_through_the_reward_stage(quick_pipeline):
     assert names[-2] == "SFT best-of-3 (reward model)" and names[-1] == "RL (PPO)"
     assert all("reward_model_score" in r for r in report["rows"])
     manifest = json.load(open(os.path.join(out, "reward", "hf_rlhf_manifest.json")))
+    # The centring survives saving: the saved model, loaded as every stage loads it, scores the reference rows with
+    # mean 0 and the recorded spread (the manifest's own `mean` is a constant the stage writes, so it is not checked).
     centring = manifest["metrics"]["reward_centring"]
-    assert centring["mean"] == 0.0 and centring["std"] > 0
-    assert 0 <= manifest["metrics"]["eval"]["accuracy"] <= 1
+    prompts, completions = reference_pairs(os.path.join(out, "data", "demonstrations"), centring["num_rows"])
+    tokenizer = load_tokenizer(os.path.join(out, "reward"))
+    encoded = [encode_for_reward(tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
+    scores = score_sequences(load_reward_model(os.path.join(out, "reward")), encoded, tokenizer.pad_token_id)
+    assert len(scores) == centring["num_rows"] and centring["std"] > 0
+    assert scores.mean().item() == pytest.approx(0.0, abs=1e-3 * centring["std"] + 1e-6)
+    assert scores.std(unbiased=False).item() == pytest.approx(centring["std"], rel=1e-3)
+    quality = manifest["metrics"]["eval"]
+    assert 0 <= quality["accuracy"] <= 1
     assert os.path.isfile(os.path.join(out, "reward", "calibration.png"))
     card = open(os.path.join(out, "reward", "README.md")).read()
-    assert "This is a reward model, not a chat model." in card
+    # the card reports this run's figures, not just its template's text
+    assert f"Pairwise accuracy {quality['accuracy']:.3f} on {quality['num_pairs']} held-out pairs" in card
+    assert f"(it was {centring['mean_before']:.4f}), with standard deviation {centring['std']:.4f}" in card
     assert "/tmp" not in card and out not in card  # no local paths in cards
     comparisons = os.path.join(out, "sample")
     rows = [json.loads(line) for line in open(os.path.join(comparisons, "comparisons_train.jsonl"))]
