@@ -119,6 +119,14 @@ def _accepts(formats: Formats | None) -> str:
     return " or ".join("(" + ", ".join(cols) + ")" for _, cols in (formats.options if formats else ()))
 
 
+def describe_data(data_args: Any, ctx: Context, formats: Formats | None, **kwargs: Any) -> tuple[str, dict[str, Any]]:
+    """`describe_dataset` of a stage's `DataArguments` (name, config and splits); `kwargs` override those."""
+    splits = {"train_split": data_args.dataset_train_split, "test_split": data_args.dataset_test_split}
+    return describe_dataset(
+        data_args.dataset_name, ctx, formats, **{"config": data_args.dataset_config, **splits, **kwargs}
+    )
+
+
 def describe_dataset(
     name: str | None,
     ctx: Context,

@@ -21,7 +21,7 @@ from ..manifest import save_trainer_stage, start_stage
 from ..modeling import load_causal_lm, load_tokenizer, model_from_config, resolve_model, sync_model_to_tokenizer
 from ..plan import rows
 from ..plan.architecture import architecture, architecture_from_type, human
-from ..plan.context import Context, StagePlan, describe_dataset
+from ..plan.context import Context, StagePlan, describe_data
 from ..plan.memory import Role, estimate, training_activations
 from ..recipes import RecipeError, parse_command_line
 from ..resilience import resilient
@@ -183,14 +183,7 @@ def plan(data_args: DataArguments, training_args: PretrainConfig, model_args: Mo
         dtype = model_args.dtype
     total = arch.count()["total"]
     out.rows += [("architecture", arch.shape()), ("parameters", f"{total:,} ({human(total)})")]
-    text, _ = describe_dataset(
-        data_args.dataset_name,
-        ctx,
-        text_formats(args.text_column),
-        config=data_args.dataset_config,
-        train_split=data_args.dataset_train_split,
-        test_split=data_args.dataset_test_split,
-    )
+    text, _ = describe_data(data_args, ctx, text_formats(args.text_column))
     out.rows.append(("data", text))
     precision, e = rows.precision_row(args, model_args, ctx.launch, dtype)
     out.rows.append(("precision", precision))

@@ -39,7 +39,7 @@ from ..modeling import (
     trainable_parameters,
 )
 from ..plan import rows as plan_rows
-from ..plan.context import Context, StagePlan, describe_dataset
+from ..plan.context import Context, StagePlan, describe_data, describe_dataset
 from ..recipes import RecipeError, parse_command_line
 from ..resilience import resilient
 from ..reward.scorer import encode_for_reward, score_sequences, shift_reward
@@ -205,14 +205,7 @@ def plan(
     args, out = training_args, StagePlan("reward")
     arch, label = ctx.model(model_args.model_name_or_path, "model_name_or_path", model_args.model_revision)
     plan_rows.model_rows(out, arch, label, head="reward")
-    text, info = describe_dataset(
-        data_args.dataset_name,
-        ctx,
-        PREFERENCE_FORMATS,
-        config=data_args.dataset_config,
-        train_split=data_args.dataset_train_split,
-        test_split=data_args.dataset_test_split,
-    )
+    text, info = describe_data(data_args, ctx, PREFERENCE_FORMATS)
     out.rows.append(("data", text))
     k = 2
     if info.get("format") == "ranked":

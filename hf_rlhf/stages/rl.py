@@ -31,7 +31,7 @@ from ..modeling import (
     trainable_parameters,
 )
 from ..plan import rows
-from ..plan.context import Context, StagePlan, describe_dataset
+from ..plan.context import Context, StagePlan, describe_data
 from ..plan.memory import Role, estimate
 from ..recipes import RecipeError, parse_command_line
 from ..resilience import resilient
@@ -265,14 +265,7 @@ def plan(
     shared_base = algorithm == "ppo" and getattr(args, "shared_base", False)
     arch, label = ctx.model(model_args.model_name_or_path, "model_name_or_path", model_args.model_revision)
     rows.model_rows(out, arch, label)
-    text, info = describe_dataset(
-        data_args.dataset_name,
-        ctx,
-        PROMPT_FORMATS,
-        config=data_args.dataset_config,
-        train_split=data_args.dataset_train_split,
-        test_split=data_args.dataset_test_split,
-    )
+    text, info = describe_data(data_args, ctx, PROMPT_FORMATS)
     out.rows.append(("data", text))
     reward_arch, rewards = None, []
     if rl_args.reward_model_path:

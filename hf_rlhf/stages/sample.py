@@ -21,7 +21,7 @@ from ..eval.generation import format_prompts, generate
 from ..hub.push import push_request, push_stage
 from ..manifest import finish_stage, require_complete, start_stage
 from ..plan import rows
-from ..plan.context import Context, StagePlan, describe_dataset
+from ..plan.context import Context, StagePlan, describe_data
 from ..plan.memory import Role, estimate, rollout_activations
 from ..resilience import process_state
 from ..reward.scorer import as_messages
@@ -127,13 +127,7 @@ def plan(data_args: DataArguments, args: SampleArguments, ctx: Context) -> Stage
     out = StagePlan("sample")
     arch, label = ctx.model(args.model_name_or_path, "model_name_or_path")
     rows.model_rows(out, arch, label)
-    text, info = describe_dataset(
-        data_args.dataset_name,
-        ctx,
-        PROMPT_FORMATS,
-        config=data_args.dataset_config,
-        train_split=data_args.dataset_train_split,
-    )
+    text, info = describe_data(data_args, ctx, PROMPT_FORMATS, test_split="test")
     out.rows.append(("data", text))
     k, seq = args.num_completions, rows.prompt_tokens(info, arch, args.max_new_tokens) + args.max_new_tokens
     out.rows.append(

@@ -28,7 +28,7 @@ from ..hub.push import push_request, push_stage, without_push
 from ..manifest import save_trainer_stage, start_stage
 from ..modeling import load_causal_lm, load_tokenizer, peft_config_for, resolve_model, trainable_parameters
 from ..plan import rows
-from ..plan.context import Context, StagePlan, describe_dataset
+from ..plan.context import Context, StagePlan, describe_data
 from ..recipes import RecipeError, parse_command_line
 from ..resilience import resilient
 
@@ -131,14 +131,7 @@ def plan(data_args: DataArguments, training_args: SFTStageConfig, model_args: Mo
     out = StagePlan("sft")
     arch, label = ctx.model(model_args.model_name_or_path, "model_name_or_path", model_args.model_revision)
     rows.model_rows(out, arch, label)
-    text, info = describe_dataset(
-        data_args.dataset_name,
-        ctx,
-        SFT_FORMATS,
-        config=data_args.dataset_config,
-        train_split=data_args.dataset_train_split,
-        test_split=data_args.dataset_test_split,
-    )
+    text, info = describe_data(data_args, ctx, SFT_FORMATS)
     ignored = sft_ignored_columns(info["format"], info["columns"]) if "format" in info else []
     if ignored:
         text += f"; {', '.join(ignored)} dropped (TRL's SFTTrainer reads a row with a 'prompt' as prompt-completion)"
