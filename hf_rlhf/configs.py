@@ -21,17 +21,45 @@ from .ppo.config import PPOConfig
 
 @dataclass
 class DataArguments(ScriptArguments):
-    """TRL's `ScriptArguments` (`dataset_name`, `dataset_config`, `dataset_train_split`, `dataset_test_split`), plus
-    how a stage carves a held-out split and caps its rows.
+    """TRL's `ScriptArguments` (`dataset_name`, `dataset_config`, `dataset_train_split`, `dataset_test_split`,
+    `dataset_streaming`) plus `datasets.load_dataset`'s `data_dir` / `data_files`, TRL-style mixtures, and how a
+    stage carves a held-out split and caps its rows.
 
-    `dataset_name` is a directory written by `datasets.save_to_disk` (a `Dataset` or a `DatasetDict`), a data file
-    (`.jsonl`, `.json`, `.csv`, `.parquet`) or a Hub dataset id (`org/name`, `org/name@revision`). TRL's
-    `dataset_streaming` and `ignore_bias_buffers` are refused when set: no stage streams yet.
+    `dataset_name` is anything `datasets.load_dataset` reads (a Hub dataset id `org/name` or `org/name@revision`, a
+    local folder laid out as a Hub dataset repo, a data file) or a `datasets.save_to_disk` directory
+    (`hf_rlhf.data.loading`). `datasets` lists several such datasets (TRL's `DatasetMixtureConfig` entries: `path`,
+    `name`, `data_dir`, `data_files`, `split`, `columns`, `fraction`, plus `revision` and `test_split`), concatenated
+    into one train split.
     """
 
     dataset_name: str | None = field(
         default=None,
-        metadata={"help": "Dataset: a `save_to_disk` directory, a .jsonl/.json/.csv/.parquet file or a Hub id."},
+        metadata={
+            "help": "Dataset: a Hub id (org/name[@revision]), a local dataset folder or data file, or a "
+            "`save_to_disk` directory."
+        },
+    )
+    dataset_data_dir: str | None = field(
+        default=None,
+        metadata={"help": "`load_dataset`'s data_dir: a subset stored in a folder of the repo (e.g. 'helpful-base')."},
+    )
+    dataset_data_files: str | None = field(
+        default=None,
+        metadata={"help": "`load_dataset`'s data_files: a file or glob inside the dataset (overrides its configs)."},
+    )
+    datasets: list[dict[str, Any]] | None = field(
+        default=None,
+        metadata={
+            "help": "A mixture: a list of {path, name, data_dir, data_files, split, columns, fraction, "
+            "revision, test_split} (TRL's DatasetMixtureConfig). Replaces dataset_name."
+        },
+    )
+    dataset_format: str | None = field(
+        default=None,
+        metadata={
+            "help": "Force a format instead of detecting it (e.g. 'hh-rlhf' for '\\n\\nHuman: ... "
+            "\\n\\nAssistant: ...' dialogues). Unset: detected from the columns and reported."
+        },
     )
     eval_split_size: float = field(
         default=0.05,
@@ -42,9 +70,12 @@ class DataArguments(ScriptArguments):
     )
 
     def __post_init__(self):
-        for name in ("dataset_streaming", "ignore_bias_buffers"):
-            if getattr(self, name):
-                raise RecipeError(f"`{name}` is not supported by hf_rlhf's stages: leave it unset")
+        if self.ignore_bias_buffers:
+            raise RecipeError("`ignore_bias_buffers` is not supported by hf_rlhf's stages: leave it unset")
+        if self.datasets is not None and self.dataset_name:
+            raise RecipeError("set either `dataset_name` or `datasets` (a mixture), not both")
+        if self.datasets is not None and (not isinstance(self.datasets, list) or not self.datasets):
+            raise RecipeError(f"`datasets` must be a non-empty list of dataset entries, got {self.datasets!r}")
 
 
 @dataclass
@@ -147,6 +178,24 @@ class RewardStageConfig(RewardConfig):
         default="drop",
         metadata={"help": "Sequences over max_length: 'drop' the row, 'truncate' (keep the end), or 'error'."},
     )
+    rating_score: str = field(
+        default="overall_score",
+        metadata={
+            "help": "Rated completions (openbmb/UltraFeedback's `completions[]`): the score that ranks them, "
+            "'overall_score', 'fine-grained_score' or 'aspects' (the mean of `rating_aspects`' ratings)."
+        },
+    )
+    rating_aspects: list[str] | None = field(
+        default=None,
+        metadata={"help": "With rating_score 'aspects': the `annotations` aspects averaged (default: all four)."},
+    )
+    score_columns: dict[str, str] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Per-response score columns, {response column: score column} (a mapping or JSON), "
+            "ranked by score with ties for equal scores."
+        },
+    )
     reference_dataset: str | None = field(
         default=None,
         metadata={"help": "Dataset whose mean reward is centred to 0 (the SFT demonstrations). Unset: no centring."},
@@ -158,6 +207,16 @@ class RewardStageConfig(RewardConfig):
     )
     activation_checkpointing: bool | None = field(default=False, metadata={"help": "Recompute activations."})
     bf16: bool | None = field(default=False, metadata={"help": "Use bf16 mixed precision."})
+
+    def __post_init__(self):
+        if isinstance(self.score_columns, str):
+            try:
+                self.score_columns = json.loads(self.score_columns)
+            except json.JSONDecodeError as e:
+                raise RecipeError(
+                    f"score_columns must be a mapping or a JSON object, got {self.score_columns!r}"
+                ) from e
+        super().__post_init__()
 
 
 @dataclass
@@ -174,7 +233,21 @@ class SampleArguments:
     max_prompts: int | None = field(default=None, metadata={"help": "Use at most this many prompts."})
     labeler: str = field(
         default="none",
-        metadata={"help": "Who fills `ranking`: 'none' (left empty for people) or 'tiny_world' (the gold labeler)."},
+        metadata={
+            "help": "Who fills `ranking`: 'none' (left empty for people), 'tiny_world' (the gold labeler), "
+            "'package.module:function', 'reward_model' or 'judge' (with labeler_model)."
+        },
+    )
+    labeler_model: str | None = field(
+        default=None, metadata={"help": "The reward model or judge model of labeler 'reward_model' / 'judge'."}
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Longest prompt in tokens (default: the model's positions minus max_new_tokens)."},
+    )
+    long_prompts: str = field(
+        default="drop",
+        metadata={"help": "Prompts over max_prompt_length: 'drop' (counted), 'truncate' (keep the end) or 'error'."},
     )
     world_seed: int = field(default=0, metadata={"help": "Seed of the tiny world whose gold labeler ranks."})
     test_split_size: float = field(default=0.1, metadata={"help": "Fraction of prompts held out as the test split."})
@@ -201,6 +274,14 @@ class RLArguments:
         metadata={"help": "Extra reward functions: 'tiny_world_gold' or 'package.module:function'."},
     )
     world_seed: int = field(default=0, metadata={"help": "Seed of the tiny world for 'tiny_world_gold'."})
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Longest prompt in tokens (default: the model's positions minus max_new_tokens)."},
+    )
+    long_prompts: str = field(
+        default="drop",
+        metadata={"help": "Prompts over max_prompt_length: 'drop' (counted), 'truncate' (keep the end) or 'error'."},
+    )
 
 
 RL_CONFIGS = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}  # `algorithm` -> trainer config

@@ -21,7 +21,7 @@ import tempfile
 import time
 from typing import Any
 
-from .data.formats import dataset_fingerprint
+from .data.loading import dataset_fingerprint
 from .errors import IncompleteStageError
 from .hub.cards import inherited_license, write_card
 from .hub.resolve import ResolvedInput

@@ -18,7 +18,8 @@ from transformers import Trainer
 
 from hf_rlhf.cli import main as cli
 from hf_rlhf.configs import DataArguments
-from hf_rlhf.data.formats import DataValidationError, load_stage_dataset
+from hf_rlhf.data.formats import DataValidationError
+from hf_rlhf.data.loading import load_stage_dataset
 from hf_rlhf.errors import HubPushError
 from hf_rlhf.hub.push import push_dataset, push_stage
 from hf_rlhf.hub.resolve import forget_downloads, resolve_input

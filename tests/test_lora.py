@@ -105,7 +105,7 @@ def test_merge_round_trip_matches_the_adapter_model(lora_chain, tmp_path):
 def ppo_setup(out, tmp, tmp_path, *extra):
     """PPO models and trainer for the LoRA chain, built the way the RL stage builds them."""
     from hf_rlhf.configs import DataArguments
-    from hf_rlhf.data.formats import load_stage_dataset
+    from hf_rlhf.data.loading import load_stage_dataset
     from hf_rlhf.modeling import load_causal_lm, load_tokenizer
     from hf_rlhf.ppo.trainer import PPOTrainer
     from hf_rlhf.recipes import parse_command_line

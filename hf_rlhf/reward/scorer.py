@@ -19,7 +19,8 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..configs import DataArguments
-from ..data.formats import DataValidationError, load_stage_dataset
+from ..data.formats import DataValidationError
+from ..data.loading import load_stage_dataset
 from ..data.world import TinyWorld
 from ..modeling import SCORE_BIAS_FLAG, load_reward_model, load_tokenizer, reward_head
 

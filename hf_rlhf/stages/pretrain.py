@@ -15,7 +15,8 @@ from transformers import Trainer, default_data_collator, set_seed
 from trl import ModelConfig, TrlParser
 
 from ..configs import DataArguments, PretrainConfig
-from ..data.formats import check_text_dataset, load_stage_dataset, resolve_dataset, text_formats
+from ..data.formats import check_text_dataset, text_formats
+from ..data.loading import load_stage_dataset, resolve_dataset
 from ..hub.push import push_request, push_stage, without_push
 from ..manifest import save_trainer_stage, start_stage
 from ..modeling import load_causal_lm, load_tokenizer, model_from_config, resolve_model, sync_model_to_tokenizer

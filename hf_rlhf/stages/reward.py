@@ -19,13 +19,8 @@ from transformers import set_seed
 from trl import ModelConfig, TrlParser
 
 from ..configs import DataArguments, RewardStageConfig
-from ..data.formats import (
-    PREFERENCE_FORMATS,
-    REFERENCE_FORMATS,
-    DataValidationError,
-    load_stage_dataset,
-    resolve_dataset,
-)
+from ..data.formats import PREFERENCE_FORMATS, REFERENCE_FORMATS, DataValidationError
+from ..data.loading import load_stage_dataset, resolve_dataset
 from ..data.preference import to_groups
 from ..hub.push import push_request, push_stage, without_push
 from ..manifest import save_trainer_stage, start_stage

@@ -17,7 +17,8 @@ from transformers import set_seed
 from trl import ModelConfig, TrlParser
 
 from ..configs import RL_CONFIGS, DataArguments, RLArguments
-from ..data.formats import PROMPT_FORMATS, dataset_fingerprint, load_stage_dataset, resolve_dataset
+from ..data.formats import PROMPT_FORMATS
+from ..data.loading import dataset_fingerprint, load_stage_dataset, resolve_dataset
 from ..hub.push import push_request, push_stage, without_push
 from ..manifest import finish_stage, read_manifest, start_stage
 from ..modeling import (

@@ -15,7 +15,8 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 
 from ..configs import DataArguments, SampleArguments
-from ..data.formats import PROMPT_FORMATS, resolve_dataset
+from ..data.formats import PROMPT_FORMATS
+from ..data.loading import resolve_dataset
 from ..errors import RecipeError
 from ..eval.generation import format_prompts, generate
 from ..hub.push import push_request, push_stage
@@ -66,7 +67,7 @@ def check_arguments(data_args: DataArguments, args: SampleArguments) -> None:
 
 def run(data_args: DataArguments, args: SampleArguments) -> dict[str, Any]:
     """Write the comparison dataset (and JSONL exports) to `args.output_dir`; returns the manifest."""
-    from ..data.formats import load_stage_dataset
+    from ..data.loading import load_stage_dataset
     from ..modeling import load_model_for_inference, resolve_model
 
     check_arguments(data_args, args)

@@ -16,14 +16,8 @@ from transformers import set_seed
 from trl import ModelConfig, SFTTrainer, TrlParser
 
 from ..configs import DataArguments, SFTStageConfig
-from ..data.formats import (
-    SFT_FORMATS,
-    check_sft_dataset,
-    is_conversational_dataset,
-    load_stage_dataset,
-    resolve_dataset,
-    sft_ignored_columns,
-)
+from ..data.formats import SFT_FORMATS, check_sft_dataset, is_conversational_dataset, sft_ignored_columns
+from ..data.loading import load_stage_dataset, resolve_dataset
 from ..hub.push import push_request, push_stage, without_push
 from ..manifest import save_trainer_stage, start_stage
 from ..modeling import load_causal_lm, load_tokenizer, peft_config_for, resolve_model, trainable_parameters
