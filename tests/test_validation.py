@@ -133,4 +133,4 @@ def test_empty_documents_are_dropped_and_counted(tmp_path, world_dir):
     rows = [{"text": t} for t in docs["train"]["text"][:60]] + [{"text": ""}, {"text": "  "}]
     path = save(tmp_path, "docs", rows)
     manifest, _ = run_pretrain(tmp_path, path, "--eval_split_size", "0", "--block_size", "32")
-    assert manifest["metrics"]["train_empty_documents"] == 2
+    assert manifest["metrics"]["rows"]["train"]["dropped"]["empty_document"] == 2

@@ -18,7 +18,6 @@ from ..errors import DataValidationError
 MAX_REPORTED_ERRORS = 5
 
 
-
 # ------------------------------------------------------------------------------------------------- checks
 class _Errors:
     def __init__(self, where: str):
@@ -60,14 +59,70 @@ class Formats:
 
 
 SFT_FORMATS = Formats(
-    (("prompt-completion", ("prompt", "completion")), ("conversational", ("messages",)), ("language-modeling", ("text",)))
+    (
+        ("prompt-completion", ("prompt", "completion")),
+        ("conversational", ("messages",)),
+        ("language-modeling", ("text",)),
+    )
 )
 REFERENCE_FORMATS = Formats(SFT_FORMATS.options[:2])  # the reward stage's centring set: demonstrations
 PROMPT_FORMATS = Formats((("prompt-only", ("prompt",)),))  # sample and rl
 PREFERENCE_FORMATS = Formats(
-    (("ranked", ("prompt", "completions", "ranking")), ("pairwise", ("chosen", "rejected"))),
-    expected="('chosen', 'rejected') with optional 'prompt' and 'margin', or ('prompt', 'completions', 'ranking')",
+    (
+        ("ranked", ("prompt", "completions", "ranking")),
+        ("rated", ("instruction", "completions")),
+        ("pairwise", ("chosen", "rejected")),
+    ),
+    expected="('chosen', 'rejected') with optional 'prompt' and 'margin', ('prompt', 'completions', 'ranking'), "
+    "or ('instruction', 'completions') with rated completions (openbmb/UltraFeedback); per-response score columns "
+    "need `score_columns`",
 )
+SCORED_PROMPT_COLUMNS = ("prompt", "history", "instruction")  # where a `score_columns` dataset keeps its prompt
+HH_RLHF = "hh-rlhf"  # `dataset_format` of Anthropic/hh-rlhf's "\n\nHuman: ... \n\nAssistant: ..." dialogues
+PREFERENCE_DATASET_FORMATS = (HH_RLHF, "ranked", "pairwise", "rated", "scored")
+
+
+def preference_formats(dataset_format: str | None = None, score_columns: dict[str, str] | None = None) -> Formats:
+    """The comparison formats the reward stage accepts under its options, in detection order.
+
+    `score_columns` ({response column: score column}) makes the data 'scored', with its prompt in the first of
+    `SCORED_PROMPT_COLUMNS` present. `dataset_format` forces one format ('hh-rlhf' is 'pairwise' rows parsed as
+    dialogues); unset, the columns decide.
+    """
+    if dataset_format is not None and dataset_format not in PREFERENCE_DATASET_FORMATS:
+        raise DataValidationError(
+            f"dataset_format '{dataset_format}' is not a comparison format: expected one of "
+            f"{', '.join(PREFERENCE_DATASET_FORMATS)} (or unset, to detect it from the columns)"
+        )
+    if score_columns or dataset_format == "scored":
+        if not score_columns or dataset_format not in (None, "scored"):
+            raise DataValidationError(
+                "the 'scored' format needs `score_columns` ({response column: score column}) and no other "
+                f"dataset_format (got dataset_format={dataset_format!r}, score_columns={score_columns!r})"
+            )
+        scored = tuple(c for pair in score_columns.items() for c in pair)
+        return Formats(
+            tuple(("scored", (prompt, *scored)) for prompt in SCORED_PROMPT_COLUMNS),
+            expected=f"{list(scored)} (score_columns) and a prompt column, one of {list(SCORED_PROMPT_COLUMNS)}",
+        )
+    if dataset_format is None:
+        return PREFERENCE_FORMATS
+    name = "pairwise" if dataset_format == HH_RLHF else dataset_format
+    options = tuple(option for option in PREFERENCE_FORMATS.options if option[0] == name)
+    hh = "('chosen', 'rejected') dialogues '\\n\\nHuman: ... \\n\\nAssistant: ...' (dataset_format hh-rlhf)"
+    return Formats(options, expected=hh if dataset_format == HH_RLHF else None)
+
+
+def preference_format(
+    columns: list[str] | Dataset,
+    where: str,
+    dataset_format: str | None = None,
+    score_columns: dict[str, str] | None = None,
+) -> str:
+    """The reward stage's one format detector, used by the run and the dry run alike: 'ranked', 'pairwise', 'rated'
+    or 'scored', from column names (or a dataset's) and the options of `preference_formats`; else an error."""
+    names = columns.column_names if isinstance(columns, Dataset) else list(columns)
+    return preference_formats(dataset_format, score_columns).detect(names, where)[0]
 
 
 def text_formats(column: str = "text") -> Formats:

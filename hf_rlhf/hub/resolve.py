@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from huggingface_hub import constants, get_token, snapshot_download
+from huggingface_hub import HfApi, constants, get_token, snapshot_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -165,6 +165,40 @@ def resolve_input(
     key = (endpoint(), constants.HF_HUB_CACHE, repo_type, repo_id, rev or "main")
     if key not in _downloads:
         _downloads[key] = _download(name_or_path, repo_id, rev, repo_type, what)
+    return _downloads[key]
+
+
+def resolve_commit(name: str, revision: str | None = None, *, repo_type: str = "dataset", what: str = "dataset") -> ResolvedInput:
+    """A Hub repo `org/name[@revision]` pinned to the commit its revision points to now, downloading nothing.
+
+    Online, one repo-info call; with `HF_HUB_OFFLINE`, the commit of the cached `README.md` at that revision (the
+    file `datasets` always fetches first). Cached per process, as `resolve_input`, so every read of the input in
+    this run loads the same commit. `path` is the repo id: the loader reads the files (`datasets.load_dataset`).
+    """
+    parsed = parse_hub_id(name, revision)
+    if parsed is None:
+        raise HubInputError(f"{what} '{name}' is not a Hub repo id 'org/name[@revision]'")
+    repo_id, rev = parsed
+    key = ("commit", endpoint(), constants.HF_HUB_CACHE, repo_type, repo_id, rev or "main")
+    if key not in _downloads:
+        if constants.HF_HUB_OFFLINE:
+            cached = try_to_load_from_cache(repo_id, "README.md", revision=rev, repo_type=repo_type)
+            if not isinstance(cached, str):
+                raise HubInputError(
+                    f"{what} '{name}': HF_HUB_OFFLINE is set and revision '{rev or 'main'}' of the Hub {repo_type} "
+                    f"repo '{repo_id}' is not in the cache ({constants.HF_HUB_CACHE}); load it once online, or unset "
+                    "HF_HUB_OFFLINE"
+                )
+            commit = os.path.basename(os.path.dirname(cached))
+        else:
+            try:
+                commit = HfApi(endpoint=endpoint()).repo_info(repo_id, repo_type=repo_type, revision=rev).sha
+            except Exception as e:  # one message per failure, as for downloads
+                raise _input_error(e, name, repo_id, rev, repo_type, what) from None
+        logger.info("%s '%s': %s repo %s at commit %s", what, name, repo_type, repo_id, commit)
+        _downloads[key] = ResolvedInput(
+            path=repo_id, repo_id=repo_id, repo_type=repo_type, revision=rev or "main", commit=commit
+        )
     return _downloads[key]
 
 

@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..data.formats import Formats
+from ..data.formats import DataValidationError, Formats
+from ..data.loading import DatasetSource, dataset_sources, is_saved_dataset, read_source
 from ..data.world import WORLD_DATASETS
 from . import DryRunError
 from .architecture import Architecture, architecture, parse_hub_id
@@ -120,11 +121,41 @@ def _accepts(formats: Formats | None) -> str:
 
 
 def describe_data(data_args: Any, ctx: Context, formats: Formats | None, **kwargs: Any) -> tuple[str, dict[str, Any]]:
-    """`describe_dataset` of a stage's `DataArguments` (name, config and splits); `kwargs` override those."""
-    splits = {"train_split": data_args.dataset_train_split, "test_split": data_args.dataset_test_split}
-    return describe_dataset(
-        data_args.dataset_name, ctx, formats, **{"config": data_args.dataset_config, **splits, **kwargs}
+    """`describe_dataset` of a stage's `DataArguments` (its one dataset, or each dataset of its `datasets:`
+    mixture, whose columns must then agree); `kwargs` override the split names."""
+    sources = dataset_sources(data_args) if data_args.dataset_name or data_args.datasets else [None]
+    texts, infos = [], []
+    for source in sources:
+        if source is None:
+            return describe_dataset(None, ctx, formats)
+        options = {
+            "config": source.name,
+            "train_split": source.split,
+            "test_split": source.test_split,
+            "data_dir": source.data_dir,
+            "data_files": source.data_files,
+            "columns": source.columns,
+            "streaming": bool(data_args.dataset_streaming),
+            **kwargs,
+        }
+        text, info = describe_dataset(source.path, ctx, formats, **options)
+        if source.fraction is not None:
+            text += f" (fraction {source.fraction:g})"
+        texts.append(text)
+        infos.append(info)
+    if len(sources) == 1:
+        return texts[0], infos[0]
+    known = [i for i in infos if i.get("columns") is not None]
+    if len({tuple(sorted(i["columns"])) for i in known}) > 1:
+        shapes = "; ".join(f"{s.describe()}: {i.get('columns')}" for s, i in zip(sources, infos, strict=True))
+        raise DryRunError(
+            f"`datasets`: the mixture's datasets have different columns ({shapes}): select the same columns with "
+            "each entry's `columns`"
+        )
+    text = f"mixture of {len(sources)} datasets, concatenated: " + " | ".join(
+        f"[{i + 1}] {t}" for i, t in enumerate(texts)
     )
+    return text, (known[0] if known else {})
 
 
 def describe_dataset(
@@ -137,13 +168,17 @@ def describe_dataset(
     test_split: str | None = "test",
     what: str = "dataset_name",
     where: str | None = None,
+    data_dir: str | None = None,
+    data_files: Any = None,
+    columns: list[str] | None = None,
+    streaming: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     """The dataset line of a plan and what is known of it (`columns`, `format`, `prompt_tokens`, `completions`).
 
     Known columns go through `formats.detect`, the stage's own detection: a mismatch raises the run's
     `DataValidationError` (named by `where`, default the run's "dataset '<name>', split '<train_split>'").
     """
-    accepts = _accepts(formats)
+    accepts, columns_selected = _accepts(formats), columns
     if not name:
         return f"not set: pass --{what} (the stage accepts {accepts})", {}
     info: dict[str, Any] = {}
@@ -156,8 +191,18 @@ def describe_dataset(
         info["completions"] = ctx.outputs[key].extra.get("num_completions")
         text = f"{name}: output of stage 'sample' ({info['completions']} completions per prompt, ranked)"
     elif os.path.exists(name):
-        known = _local_columns(name, train_split)
-        text = f"{name}: local " + ("dataset directory" if os.path.isdir(name) else "data file")
+        source = DatasetSource(name, config, data_dir, data_files, train_split, test_split)
+        known = _local_columns(source)
+        kind = (
+            "save_to_disk directory"
+            if is_saved_dataset(name)
+            else "dataset folder"
+            if os.path.isdir(name)
+            else "data file"
+        )
+        text = f"{name}: local {kind}" + "".join(
+            f", {k} {v}" for k, v in (("config", config), ("data_dir", data_dir), ("data_files", data_files)) if v
+        )
     else:
         repo, revision = parse_hub_id(name) or (name, None)
         at = f" @ {revision}" if revision else ""
@@ -169,20 +214,38 @@ def describe_dataset(
             )
         text = f"{repo}{at}: {known['about']}"
         configs = known.get("configs")
-        if configs and (config or "default") not in configs:
+        if configs and (config or "default") not in configs and known.get("more_configs"):
+            text += f" (config {config}: not in hf_rlhf's table, which lists {', '.join(configs)}; read at load time)"
+        elif configs and (config or "default") not in configs:
             given = f"no configuration '{config}'" if config else "no default configuration"
             raise DryRunError(f"dataset '{repo}' has {given}: set dataset_config to one of {', '.join(configs)}")
         if config:
             text += f", config {config}"
+        data_dirs = known.get("data_dirs")
+        if data_dirs and data_dir not in data_dirs and not data_files:
+            raise DryRunError(
+                f"dataset '{repo}' keeps its subsets in folders: set dataset_data_dir to one of {', '.join(data_dirs)}"
+            )
+        if data_dir:
+            text += f", data_dir {data_dir}"
+        known = {**known, **(known.get("by_config", {}).get(config or "default", {}))}
+    if streaming:
+        text += "; streamed (dataset_streaming)"
     splits = known.get("splits")
     if splits and train_split not in splits:
         raise DryRunError(
             f"dataset '{name}' has no split '{train_split}' (splits: {', '.join(splits)}): set dataset_train_split"
         )
     if splits:
-        held_out = test_split if test_split in splits else "carved from train (eval_split_size)"
+        carved = "none (streamed)" if streaming else "carved from train (eval_split_size)"
+        held_out = test_split if test_split in splits else carved
         text += f"; splits {train_split} / {held_out}"
     columns = known.get("columns")
+    if columns is not None and columns_selected:
+        missing = [c for c in columns_selected if c not in columns]
+        if missing:
+            raise DryRunError(f"dataset '{name}': `columns` names {missing}, not in its columns {columns}")
+        columns = list(columns_selected)
     if columns is None:
         return text + f"; columns checked at load time (the stage accepts {accepts})", info
     info["columns"] = columns
@@ -195,16 +258,17 @@ def describe_dataset(
     return text + f"; {FORMAT_LABELS.get(fmt, fmt)} format: {used_text} (columns: {', '.join(columns)})", info
 
 
-def _local_columns(path: str, split: str) -> dict[str, Any]:
-    """Columns of a local `save_to_disk` directory (memory-mapped, cheap); files are checked at load time."""
-    if not os.path.isdir(path):
-        return {}
-    try:
-        from datasets import DatasetDict, load_from_disk
-
-        data = load_from_disk(path)
-    except Exception:  # not a save_to_disk directory: the stage reports it at load time
-        return {}
-    if isinstance(data, DatasetDict):
-        return {"columns": data[split].column_names if split in data else None, "splits": list(data)}
-    return {"columns": data.column_names}
+def _local_columns(source: DatasetSource) -> dict[str, Any]:
+    """Splits and columns of a local dataset, read by the stage's own loader (`hf_rlhf.data.loading`) streaming, so
+    only the first rows are read; what the loader cannot read is the run's error, raised now."""
+    data = read_source(source, streaming=True)
+    train = data[source.split] if source.split in data else None
+    columns = None
+    if train is not None:
+        try:
+            columns = train.column_names or list(next(iter(train)).keys())
+        except StopIteration:
+            raise DataValidationError(f"{source.describe()}, split '{source.split}' is empty") from None
+        except Exception as e:  # a file that cannot be parsed: the run's loader says the same
+            raise DataValidationError(f"{source.describe()} could not be read: {type(e).__name__}: {e}") from None
+    return {"columns": columns, "splits": list(data)}

@@ -126,7 +126,8 @@ MODELS: dict[str, dict[str, Any]] = {
     "mistralai/Mistral-7B-Instruct-v0.3": _MISTRAL_7B_V0_3,
 }
 
-# Hub id -> columns, splits and configurations (None: the dataset has a single default configuration).
+# Hub id -> columns, splits and configurations (None: the dataset has a single default configuration); `data_dirs`:
+# subsets kept in folders (load_dataset's data_dir), one of which must be chosen.
 DATASETS: dict[str, dict[str, Any]] = {
     "HuggingFaceFW/fineweb-edu": {
         "columns": [
@@ -143,6 +144,7 @@ DATASETS: dict[str, dict[str, Any]] = {
         ],
         "splits": ["train"],
         "configs": ["default", "sample-10BT", "sample-100BT", "sample-350BT"],
+        "more_configs": "one per Common Crawl dump, e.g. CC-MAIN-2024-10",
         "about": "educational web pages filtered from FineWeb (1.3T tokens; sample-10BT is a 10B-token sample)",
     },
     "HuggingFaceTB/smol-smoltalk": {
@@ -162,6 +164,34 @@ DATASETS: dict[str, dict[str, Any]] = {
         "splits": ["train", "test"],
         "configs": None,
         "about": "Anthropic HH-RLHF helpful-base comparisons, conversational with an explicit prompt",
+    },
+    "Anthropic/hh-rlhf": {
+        "columns": ["chosen", "rejected"],
+        "splits": ["train", "test"],
+        "configs": None,
+        "data_dirs": ["harmless-base", "helpful-base", "helpful-online", "helpful-rejection-sampled"],
+        "about": "Anthropic's HH-RLHF comparisons as plain '\\n\\nHuman: ... \\n\\nAssistant: ...' dialogues "
+        "(turned into conversations, the shared turns as the prompt)",
+    },
+    "HuggingFaceH4/ultrafeedback_binarized": {
+        "columns": ["prompt", "prompt_id", "chosen", "rejected", "messages", "score_chosen", "score_rejected"],
+        "splits": ["train_prefs", "test_prefs", "train_sft", "test_sft", "train_gen", "test_gen"],
+        "configs": None,
+        "about": "UltraFeedback binarized (Zephyr's DPO data): the best-rated completion against a random other one; "
+        "chosen/rejected repeat the prompt as their user turn",
+    },
+    "openbmb/UltraFeedback": {
+        "columns": ["source", "instruction", "models", "completions", "correct_answers", "incorrect_answers"],
+        "splits": ["train"],
+        "configs": None,
+        "about": "64k instructions with 4 completions each, rated by GPT-4 (overall_score, per-aspect ratings)",
+    },
+    "trl-lib/tldr": {
+        "columns": ["prompt", "completion"],
+        "splits": ["train", "validation", "test"],
+        "configs": None,
+        "about": "Reddit TL;DR posts and summaries (TRL's summarisation prompts)",
+        "prompt_tokens": 512,
     },
     "trl-lib/ultrafeedback-prompt": {
         "columns": ["prompt"],

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import logging
 import math
-from itertools import chain
+from itertools import chain, islice
 
+from datasets import Dataset, IterableDataset
 from transformers import Trainer, default_data_collator, set_seed
 from trl import ModelConfig, TrlParser
 
 from ..configs import DataArguments, PretrainConfig
 from ..data.formats import check_text_dataset, text_formats
-from ..data.loading import load_stage_dataset, resolve_dataset
+from ..data.loading import dataset_label, load_stage_dataset, resolve_dataset, row_counts
 from ..hub.push import push_request, push_stage, without_push
 from ..manifest import save_trainer_stage, start_stage
 from ..modeling import load_causal_lm, load_tokenizer, model_from_config, resolve_model, sync_model_to_tokenizer
@@ -29,6 +30,9 @@ from ..resilience import resilient
 from ..tokenizer import train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
+
+STREAM_CHECKED_ROWS = 1000  # streamed corpora: documents checked before training (the rest are checked as read)
+STREAM_TOKENIZER_DOCUMENTS = 100_000  # streamed corpora: documents a from-scratch BPE tokenizer is trained on
 
 
 def arguments(algorithm: str | None = None) -> tuple[type, ...]:
@@ -56,8 +60,47 @@ def pack(dataset, tokenizer, column: str, block_size: int, num_proc: int | None 
             "attention_mask": [[1] * block_size] * len(blocks),
         }
 
+    if isinstance(dataset, IterableDataset):  # streamed: lazily, as the trainer reads
+        columns = dataset.column_names or list(next(iter(dataset)).keys())
+        return dataset.map(tokenize, batched=True, remove_columns=columns).map(group, batched=True, batch_size=1000)
     tokenized = dataset.map(tokenize, batched=True, remove_columns=dataset.column_names, num_proc=num_proc)
     return tokenized.map(group, batched=True, batch_size=1000, num_proc=num_proc)
+
+
+def drop_empty_documents(dataset, column: str, where: str, counts: dict[str, int]):
+    """Check the documents and drop the empty ones, counting them in `counts["empty_document"]`.
+
+    A streamed dataset is checked on its first `STREAM_CHECKED_ROWS` documents now; the rest are filtered (and
+    counted) as the trainer reads them.
+    """
+    if not isinstance(dataset, IterableDataset):
+        empty = check_text_dataset(dataset, where, column)
+        counts["empty_document"] = empty
+        if empty:
+            logger.warning("%s: dropped %d empty documents", where, empty)
+        return dataset.filter(lambda t: bool(t.strip()), input_columns=column) if empty else dataset
+    check_text_dataset(Dataset.from_list(list(islice(dataset, STREAM_CHECKED_ROWS))), where, column)
+    counts["empty_document"] = 0
+
+    def keep(text) -> bool:
+        kept = isinstance(text, str) and bool(text.strip())
+        counts["empty_document"] += not kept
+        return kept
+
+    return dataset.filter(keep, input_columns=column)
+
+
+def _texts(dataset, column: str):
+    """The documents a from-scratch tokenizer is trained on: all of them, or a streamed corpus' first ones."""
+    if isinstance(dataset, IterableDataset):
+        return (row[column] for row in islice(dataset, STREAM_TOKENIZER_DOCUMENTS))
+    return dataset[column]
+
+
+def _rows(dataset, counts: dict[str, int]) -> dict:
+    """The manifest's row counts of a split (a streamed split: the documents read, as counted while training)."""
+    used = None if isinstance(dataset, IterableDataset) else len(dataset)
+    return row_counts(used, dropped=counts)
 
 
 def check_arguments(data_args: DataArguments, training_args: PretrainConfig, model_args: ModelConfig) -> None:
@@ -66,6 +109,8 @@ def check_arguments(data_args: DataArguments, training_args: PretrainConfig, mod
         raise RecipeError("pretrain needs exactly one of `model_type` (from scratch) or `model_name_or_path`")
     if not training_args.output_dir:
         raise RecipeError("pretrain needs `output_dir`")
+    if data_args.dataset_streaming and training_args.max_steps <= 0:
+        raise RecipeError("dataset_streaming needs `max_steps`: a streamed corpus has no length to count epochs by")
 
 
 def run(data_args: DataArguments, training_args: PretrainConfig, model_args: ModelConfig) -> dict:
@@ -79,21 +124,18 @@ def run(data_args: DataArguments, training_args: PretrainConfig, model_args: Mod
 
     # Data first: bad input fails before any model is built.
     data = load_stage_dataset(data_args, seed=training_args.seed)
-    dropped = {}
+    dropped: dict[str, dict[str, int]] = {}
     for split, ds in data.items():
-        where = f"dataset '{data_args.dataset_name}', split '{split}'"
-        empty = check_text_dataset(ds, where, training_args.text_column)
-        if empty:
-            data[split] = ds.filter(lambda t: bool(t.strip()), input_columns=training_args.text_column)
-            dropped[f"{split}_empty_documents"] = empty
-            logger.warning("%s: dropped %d empty documents", where, empty)
+        where = f"{dataset_label(data_args)}, split '{split}'"
+        dropped[split] = {}
+        data[split] = drop_empty_documents(ds, training_args.text_column, where, dropped[split])
     model_name, tokenizer_name = model_args.model_name_or_path, training_args.tokenizer_name_or_path
     inputs = {
         "model": resolve_model(model_name) if model_name else f"from scratch ({training_args.model_type})",
         "tokenizer": resolve_model(tokenizer_name or model_name, "tokenizer")
         if tokenizer_name or model_name
         else "trained byte-level BPE",
-        "dataset": resolve_dataset(data_args.dataset_name),
+        "dataset": resolve_dataset(data_args),
     }
     push = push_request(training_args)  # checked now: a push that cannot happen fails before training
     start_stage(training_args.output_dir)
@@ -105,7 +147,9 @@ def run(data_args: DataArguments, training_args: PretrainConfig, model_args: Mod
     else:  # trained by the main process; the others load its copy, so every process has the same token ids
         with training_args.main_process_first(local=False, desc="training the tokenizer"):
             if training_args.process_index == 0:
-                tokenizer = train_bpe_tokenizer(data["train"][training_args.text_column], training_args.vocab_size)
+                tokenizer = train_bpe_tokenizer(
+                    _texts(data["train"], training_args.text_column), training_args.vocab_size
+                )
                 if training_args.world_size > 1:
                     tokenizer.save_pretrained(training_args.output_dir)
             else:
@@ -122,10 +166,9 @@ def run(data_args: DataArguments, training_args: PretrainConfig, model_args: Mod
             split: pack(ds, tokenizer, training_args.text_column, training_args.block_size)
             for split, ds in data.items()
         }
-    if len(blocks["train"]) == 0:
-        raise RecipeError(
-            f"dataset '{data_args.dataset_name}' has fewer tokens than one block of {training_args.block_size}"
-        )
+    streaming = isinstance(blocks["train"], IterableDataset)
+    if not streaming and len(blocks["train"]) == 0:
+        raise RecipeError(f"{dataset_label(data_args)} has fewer tokens than one block of {training_args.block_size}")
 
     trainer = resilient(Trainer)(  # complete checkpoints, NaN/inf loss stop, SIGTERM (hf_rlhf.resilience)
         model=model,
@@ -135,16 +178,27 @@ def run(data_args: DataArguments, training_args: PretrainConfig, model_args: Mod
         processing_class=tokenizer,
         data_collator=default_data_collator,
     )
+    if streaming:  # count what training reads, not the documents the tokenizer was trained on
+        for counts in dropped.values():  # the filters count into these dicts as they read
+            counts["empty_document"] = 0
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = {
         "train_loss": train_result.training_loss,
-        "train_tokens": len(blocks["train"]) * training_args.block_size,
+        "train_tokens": (
+            train_result.global_step
+            * training_args.per_device_train_batch_size
+            * training_args.world_size
+            * training_args.gradient_accumulation_steps
+            if streaming
+            else len(blocks["train"])
+        )
+        * training_args.block_size,
     }
     if "test" in blocks and len(blocks["test"]):
         eval_loss = trainer.evaluate()["eval_loss"]
         metrics.update(eval_loss=eval_loss, perplexity=math.exp(min(eval_loss, 50)))
     metrics["num_parameters"] = model.num_parameters()
-    metrics.update(dropped)
+    metrics["rows"] = {split: _rows(data[split], counts) for split, counts in dropped.items()}
 
     manifest = save_trainer_stage(
         trainer,

@@ -1,11 +1,12 @@
 """Stage 3: reward modeling on comparisons with TRL `RewardTrainer`: a scalar read at the last token.
 
 The reward model is `AutoModelForSequenceClassification(num_labels=1)` initialised from the SFT model; the reward is
-read at the last non-pad token (PAD differs from EOS). Comparisons are pairwise (TRL's preference formats) or ranked
-K-way; both train as groups (see `hf_rlhf.data.preference` and `hf_rlhf.reward.trainer`). After training the reward
-is centred so that its mean over a reference set (the SFT demonstrations by default) is 0, and the held-out quality
-checks (accuracy, accuracy by rank distance, reward gap, calibration) go into the manifest. Not a chat model: it
-serves the RL stage.
+read at the last non-pad token (PAD differs from EOS). Comparisons are pairwise (TRL's preference formats), ranked
+K-way, or rated / scored completions ranked by their scores; all train as groups (see `hf_rlhf.data.preference` and
+`hf_rlhf.reward.trainer`). The manifest counts each split's rows (`metrics["rows"]`): used, dropped, truncated and
+converted, by reason. After training the reward is centred so that its mean over a reference set (the SFT
+demonstrations by default) is 0, and the held-out quality checks (accuracy, accuracy by rank distance, reward gap,
+calibration) go into the manifest. Not a chat model: it serves the RL stage.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from transformers import set_seed
 from trl import ModelConfig, TrlParser
 
 from ..configs import DataArguments, RewardStageConfig
-from ..data.formats import PREFERENCE_FORMATS, REFERENCE_FORMATS, DataValidationError
-from ..data.loading import load_stage_dataset, resolve_dataset
-from ..data.preference import to_groups
+from ..data.formats import PREFERENCE_DATASET_FORMATS, REFERENCE_FORMATS, DataValidationError, preference_formats
+from ..data.loading import load_stage_dataset, resolve_dataset, row_counts
+from ..data.preference import RATING_SCORES, PreferenceOptions, conversion_counts, describe_conversion, to_groups
 from ..hub.push import push_request, push_stage, without_push
 from ..manifest import save_trainer_stage, start_stage
 from ..modeling import (
@@ -94,6 +95,37 @@ def check_arguments(data_args: DataArguments, training_args: RewardStageConfig, 
         raise RecipeError("invalid_rows must be 'error' or 'drop'; too_long must be 'drop', 'truncate' or 'error'")
     if not model_args.model_name_or_path or not training_args.output_dir:
         raise RecipeError("reward needs `model_name_or_path` (the SFT model) and `output_dir`")
+    if training_args.rating_score not in RATING_SCORES:
+        raise RecipeError(
+            f"rating_score must be one of {', '.join(RATING_SCORES)}, got {training_args.rating_score!r}"
+        )
+    aspects = training_args.rating_aspects
+    if aspects is not None and (not aspects or not all(isinstance(a, str) for a in aspects)):
+        raise RecipeError(f"rating_aspects must be a non-empty list of aspect names, got {aspects!r}")
+    columns = training_args.score_columns
+    pairs = list(columns.items()) if isinstance(columns, dict) else []
+    if columns is not None and not (pairs and all(isinstance(name, str) for pair in pairs for name in pair)):
+        raise RecipeError(f"score_columns must map response columns to score columns, got {columns!r}")
+    if data_args.dataset_format not in (None, *PREFERENCE_DATASET_FORMATS):
+        raise RecipeError(
+            f"dataset_format {data_args.dataset_format!r} is not a comparison format: expected one of "
+            f"{', '.join(PREFERENCE_DATASET_FORMATS)}, or unset to detect it from the columns"
+        )
+    if columns and data_args.dataset_format not in (None, "scored"):
+        raise RecipeError(
+            f"score_columns makes the format 'scored': unset dataset_format {data_args.dataset_format!r}"
+        )
+
+
+def split_rows(groups: list[dict], dropped: dict[str, int], long_rows: dict[str, int], used: int) -> dict[str, Any]:
+    """The manifest's account of one split (`row_counts`): rows used, dropped (invalid or too long), truncated and
+    converted by reason, and rated completions left out for want of a score."""
+    converted, unscored = conversion_counts(groups)
+    drops = {**dropped, "too_long_dropped": long_rows.get("too_long_dropped", 0)}
+    rows = row_counts(used, drops, {"too_long_truncated": long_rows.get("too_long_truncated", 0)}, converted)
+    if unscored:
+        rows["completions_dropped"] = {"no_usable_score": unscored}
+    return rows
 
 
 def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: ModelConfig) -> dict[str, Any]:
@@ -106,17 +138,23 @@ def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: 
         "model": resolve_model(model_args.model_name_or_path),
         "dataset": resolve_dataset(data_args.dataset_name),
     }
+    options = PreferenceOptions.from_args(data_args, training_args)
+    groups = {
+        split: to_groups(
+            ds, f"dataset '{data_args.dataset_name}', split '{split}'", training_args.invalid_rows, options
+        )
+        for split, ds in data.items()
+    }  # every row checked and converted before the tokenizer loads
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
-    encoded, dropped, fmt = {}, {}, None
-    for split, ds in data.items():
+    encoded, rows, fmt = {}, {}, groups["train"][2]
+    for split, (split_groups, bad, _) in groups.items():
         where = f"dataset '{data_args.dataset_name}', split '{split}'"
-        groups, bad, fmt = to_groups(ds, where, training_args.invalid_rows)
-        encoded[split], long_rows = encode_groups(groups, tokenizer, training_args, where)
-        dropped.update({f"{split}_{k}": v for k, v in {**bad, **long_rows}.items() if v})
+        encoded[split], long_rows = encode_groups(split_groups, tokenizer, training_args, where)
+        rows[split] = split_rows(split_groups, bad, long_rows, len(encoded[split]))
         if not encoded[split]:
-            raise DataValidationError(f"{where}: no usable comparisons left (dropped: {dropped})")
-    for key, count in dropped.items():
-        logger.warning("reward stage: %s = %d rows", key, count)
+            raise DataValidationError(f"{where}: no usable comparisons left ({rows[split]})")
+        if len(rows[split]) > 1:  # more than `used`: rows dropped, truncated or converted (HH-RLHF detected, ...)
+            logger.warning("reward stage, split '%s': %s", split, rows[split])
     if training_args.reference_dataset:
         ref_prompts, ref_completions = reference_pairs(
             training_args.reference_dataset, training_args.reference_max_samples
@@ -148,7 +186,7 @@ def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: 
                 param.data = param.data.to(torch_dtype(model_args.dtype))
     trainable, total = trainable_parameters(trainer.model)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    metrics: dict[str, Any] = {"train_loss": train_result.training_loss, "format": fmt, **dropped}
+    metrics: dict[str, Any] = {"train_loss": train_result.training_loss, "format": fmt, "rows": rows}
     metrics.update(trainable_parameters=trainable, total_parameters=total)
     model = trainer.model
 
@@ -200,22 +238,34 @@ def plan(
     args, out = training_args, StagePlan("reward")
     arch, label = ctx.model(model_args.model_name_or_path, "model_name_or_path", model_args.model_revision)
     plan_rows.model_rows(out, arch, label, head="reward")
-    text, info = describe_data(data_args, ctx, PREFERENCE_FORMATS)
+    options = PreferenceOptions.from_args(data_args, training_args)
+    # the run's detector (`preference_format` is `preference_formats(...).detect`) on the known columns
+    text, info = describe_data(data_args, ctx, preference_formats(options.dataset_format, options.score_columns))
     out.rows.append(("data", text))
-    k = 2
-    if info.get("format") == "ranked":
+    fmt, k = info.get("format"), 2
+    if fmt in ("ranked", "rated"):
         k = info.get("completions") or 4
         assumed = "" if info.get("completions") else " (assumed; the rows say at load time)"
         out.rows.append(
-            ("comparisons", f"K={k}{assumed} ranked completions per prompt: up to {k * (k - 1) // 2} pairs")
+            ("comparisons", f"K={k}{assumed} {fmt} completions per prompt: up to {k * (k - 1) // 2} pairs")
         )
-    elif info.get("format") == "pairwise":
+    elif fmt == "scored":
+        k = len(options.score_columns or {})
+        out.rows.append(("comparisons", f"K={k} scored responses per prompt: up to {k * (k - 1) // 2} pairs"))
+    elif fmt == "pairwise":
         out.rows.append(("comparisons", "pairs (K=2): one chosen, one rejected completion per prompt"))
-        if data_args.dataset_name and not os.path.exists(data_args.dataset_name):
-            out.notes.append(
-                "comparisons come from a public pairwise dataset: it replaces the tiny world's sample-and-rank step "
-                "(`hf-rlhf sample` + a labeler)"
-            )
+    if (
+        fmt in ("pairwise", "rated", "scored")
+        and data_args.dataset_name
+        and not os.path.exists(data_args.dataset_name)
+    ):
+        out.notes.append(
+            f"comparisons come from a public {fmt} dataset: it replaces the tiny world's sample-and-rank step "
+            "(`hf-rlhf sample` + a labeler)"
+        )
+    conversion = describe_conversion(fmt, options, info.get("columns"))
+    if conversion:
+        out.rows.append(("conversion", conversion))
     if args.reference_dataset:
         name = args.reference_dataset
         where = f"reference dataset '{name}'"

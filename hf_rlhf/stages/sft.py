@@ -17,12 +17,13 @@ from trl import ModelConfig, SFTTrainer, TrlParser
 
 from ..configs import DataArguments, SFTStageConfig
 from ..data.formats import SFT_FORMATS, check_sft_dataset, is_conversational_dataset, sft_ignored_columns
-from ..data.loading import load_stage_dataset, resolve_dataset
+from ..data.loading import dataset_label, load_stage_dataset, resolve_dataset, row_counts
 from ..hub.push import push_request, push_stage, without_push
 from ..manifest import save_trainer_stage, start_stage
 from ..modeling import load_causal_lm, load_tokenizer, peft_config_for, resolve_model, trainable_parameters
 from ..plan import rows
 from ..plan.context import Context, StagePlan, describe_data
+from ..errors import DataValidationError
 from ..recipes import RecipeError, parse_command_line
 from ..resilience import resilient
 
@@ -52,6 +53,32 @@ def check_arguments(data_args: DataArguments, training_args: SFTStageConfig, mod
         )
 
 
+def token_lengths(dataset, fmt: str, tokenizer) -> list[int]:
+    """Each row's length in tokens as TRL's `SFTTrainer` tokenizes it: the chat template for conversations, prompt
+    plus completion, or the text plus EOS."""
+
+    def lengths(batch):
+        if fmt == "conversational" or isinstance(batch.get("prompt", [None])[0], list):
+            chats = (
+                batch["messages"]
+                if fmt == "conversational"
+                else [p + c for p, c in zip(batch["prompt"], batch["completion"], strict=True)]
+            )
+            ids = [tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False) for chat in chats]
+        elif fmt == "prompt-completion":
+            ids = [
+                p + c
+                for p, c in zip(
+                    tokenizer(batch["prompt"])["input_ids"], tokenizer(batch["completion"])["input_ids"], strict=True
+                )
+            ]
+        else:
+            ids = [x + [tokenizer.eos_token_id] for x in tokenizer(batch["text"])["input_ids"]]
+        return {"length": [len(x) for x in ids]}
+
+    return dataset.map(lengths, batched=True, remove_columns=dataset.column_names)["length"]
+
+
 def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: ModelConfig) -> dict:
     """Finetune `model_args.model_name_or_path` on demonstrations; save model, tokenizer and manifest.
 
@@ -63,17 +90,22 @@ def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: Mod
 
     data = load_stage_dataset(data_args, seed=training_args.seed)
     formats = {
-        split: check_sft_dataset(ds, f"dataset '{data_args.dataset_name}', split '{split}'")
-        for split, ds in data.items()
+        split: check_sft_dataset(ds, f"{dataset_label(data_args)}, split '{split}'") for split, ds in data.items()
     }
+    ignored: dict[str, list[str]] = {}
     for split, ds in data.items():  # e.g. UltraChat's `prompt` beside `messages`, which TRL would misread
-        if sft_ignored_columns(formats[split], ds.column_names):
-            data[split] = ds.remove_columns(sft_ignored_columns(formats[split], ds.column_names))
+        ignored[split] = sft_ignored_columns(formats[split], ds.column_names)
+        if ignored[split]:
+            data[split] = ds.remove_columns(ignored[split])
+            logger.info("%s, split '%s': ignoring column(s) %s", dataset_label(data_args), split, ignored[split])
     inputs = {
         "model": resolve_model(model_args.model_name_or_path),
-        "dataset": resolve_dataset(data_args.dataset_name),
+        "dataset": resolve_dataset(data_args),
     }
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
+    if training_args.chat_template_path and training_args.chat_template_path.endswith((".jinja", ".j2")):
+        with open(training_args.chat_template_path) as f:  # as SFTTrainer will, so lengths count the same tokens
+            tokenizer.chat_template = f.read()
     conversational = is_conversational_dataset(data["train"])
     if conversational and not tokenizer.chat_template and not training_args.chat_template_path:
         raise RecipeError(
@@ -82,6 +114,20 @@ def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: Mod
         )
     if formats["train"] == "conversational" and "{% generation %}" in (tokenizer.chat_template or ""):
         training_args.assistant_only_loss = True
+    over = {}
+    if training_args.max_length is not None and not training_args.packing:
+        for split, ds in data.items():
+            over[split] = sum(n > training_args.max_length for n in token_lengths(ds, formats[split], tokenizer))
+            if over[split]:
+                logger.warning(
+                    "%s, split '%s': %d of %d rows are longer than max_length=%d and are truncated (%s)",
+                    dataset_label(data_args),
+                    split,
+                    over[split],
+                    len(ds),
+                    training_args.max_length,
+                    training_args.truncation_mode,
+                )
     push = push_request(training_args)  # checked now: a push that cannot happen fails before training
     start_stage(training_args.output_dir)
 
@@ -94,11 +140,27 @@ def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: Mod
         processing_class=tokenizer,
         peft_config=peft_config_for(model_args),
     )
+    prepared = {"train": trainer.train_dataset, "test": trainer.eval_dataset}
+    rows_of = {}
+    for split, ds in data.items():
+        used = len(prepared[split]) if not training_args.packing else len(ds)
+        rows_of[split] = row_counts(
+            used,
+            dropped={"no_loss_tokens_after_truncation": len(ds) - used},  # dropped by TRL after truncating
+            truncated={"over_max_length": over.get(split, 0) - (len(ds) - used)},  # kept, cut to max_length
+        )
+        if ignored[split]:
+            rows_of[split]["ignored_columns"] = ignored[split]
+    if rows_of["train"]["used"] == 0:
+        raise DataValidationError(
+            f"{dataset_label(data_args)}: no training row has a response token left after truncating to "
+            f"max_length={training_args.max_length}: raise max_length"
+        )
     trainable, total = trainable_parameters(trainer.model)
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    metrics = {"train_loss": train_result.training_loss, "format": formats["train"]}
+    metrics = {"train_loss": train_result.training_loss, "format": formats["train"], "rows": rows_of}
     metrics.update(trainable_parameters=trainable, total_parameters=total)
-    if "test" in data:
+    if "test" in data and rows_of["test"]["used"] > 0:
         eval_loss = trainer.evaluate()["eval_loss"]
         metrics.update(eval_loss=eval_loss, perplexity=math.exp(min(eval_loss, 50)))
 
