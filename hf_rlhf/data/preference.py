@@ -52,7 +52,7 @@ __all__ = [
 INVALID_REASONS = {
     "chosen_equals_rejected": "a chosen completion equal to its rejected one",
     "bad_ranking": "a ranking that is not a ranking of the row's completions",
-    "too_few_completions": "fewer than 2 completions (with a usable score, for rated rows)",
+    "too_few_completions": "fewer than 2 completions (with a usable score, for rated or scored rows)",
     "empty_completion": "an empty completion",
     "all_tied": "a ranking with no strict preference (every completion tied)",
     "not_hh_dialogue": "chosen/rejected that are not '\\n\\nHuman: ... \\n\\nAssistant: ...' dialogues",

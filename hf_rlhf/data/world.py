@@ -22,6 +22,7 @@ Everything is a pure function of a seed; datasets are `datasets.Dataset` objects
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -253,6 +254,18 @@ class TinyWorld:
     def gold_scores(self, prompts: list[str], completions: list[str]) -> list[float]:
         """Batch form `f(prompts, completions) -> list[float]`, the signature reward functions use."""
         return [self.gold_score(p, c) for p, c in zip(prompts, completions, strict=True)]
+
+
+@functools.cache
+def _world_questions() -> frozenset[str]:
+    return frozenset(p.text for p in TinyWorld(0).all_prompts())  # the phrasings do not depend on the seed
+
+
+def is_world_question(prompt: str | list[dict]) -> bool:
+    """Whether a prompt (text, or a conversation: its last message) is one of the world's questions, the prompts
+    the gold labeler can score. Other prompts are outside the world, whatever animals they mention."""
+    text = prompt[-1].get("content") if isinstance(prompt, list) and prompt else prompt
+    return isinstance(text, str) and text.strip() in _world_questions()
 
 
 # The tiny world's datasets, the one table of them: what each is (`about`, printed by the dry run), its columns and

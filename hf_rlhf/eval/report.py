@@ -135,6 +135,15 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _rows_text(counts: dict[str, Any]) -> str:
+    """`used 120; dropped: too_long_dropped 3; truncated: over_max_length 5` (a split's row counts)."""
+    parts = [f"used {counts.get('used') if counts.get('used') is not None else 'streamed'}"]
+    for kind in ("dropped", "truncated", "converted"):
+        if counts.get(kind):
+            parts.append(f"{kind}: " + ", ".join(f"{reason} {n}" for reason, n in counts[kind].items()))
+    return "; ".join(parts)
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The report as Markdown: stage metrics, the gold score table, reward model checks, samples side by side."""
     lines = ["# hf_rlhf pipeline report", "", "## Stages", "", "| stage | metric | value |", "|---|---|---|"]
@@ -142,6 +151,9 @@ def format_report(report: dict[str, Any]) -> str:
         for key, value in metrics.items():
             if not isinstance(value, dict | list):
                 lines.append(f"| {stage} | {key} | {_fmt(value)} |")
+        for split, counts in (metrics.get("rows") or {}).items():  # hf_rlhf.data.loading.row_counts
+            if isinstance(counts, dict):
+                lines.append(f"| {stage} | rows ({split}) | {_rows_text(counts)} |")
     if report["rows"]:
         ev = report["evaluation"]
         has_rm = any("reward_model_score" in r for r in report["rows"])

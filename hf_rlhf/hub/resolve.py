@@ -168,7 +168,9 @@ def resolve_input(
     return _downloads[key]
 
 
-def resolve_commit(name: str, revision: str | None = None, *, repo_type: str = "dataset", what: str = "dataset") -> ResolvedInput:
+def resolve_commit(
+    name: str, revision: str | None = None, *, repo_type: str = "dataset", what: str = "dataset"
+) -> ResolvedInput:
     """A Hub repo `org/name[@revision]` pinned to the commit its revision points to now, downloading nothing.
 
     Online, one repo-info call; with `HF_HUB_OFFLINE`, the commit of the cached `README.md` at that revision (the

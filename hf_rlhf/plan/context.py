@@ -250,6 +250,8 @@ def describe_dataset(
         return text + f"; columns checked at load time (the stage accepts {accepts})", info
     info["columns"] = columns
     info["prompt_tokens"] = known.get("prompt_tokens")
+    if known.get("completions"):
+        info["completions"] = known["completions"]
     if formats is None:
         return text + f"; columns {', '.join(columns)}", info
     fmt, used = formats.detect(columns, where or f"dataset '{name}', split '{train_split}'")

@@ -185,6 +185,7 @@ DATASETS: dict[str, dict[str, Any]] = {
         "splits": ["train"],
         "configs": None,
         "about": "64k instructions with 4 completions each, rated by GPT-4 (overall_score, per-aspect ratings)",
+        "completions": 4,
     },
     "trl-lib/tldr": {
         "columns": ["prompt", "completion"],

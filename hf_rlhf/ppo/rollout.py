@@ -148,5 +148,5 @@ def rollout_statistics(rollout: Rollout, kl_coef: float) -> dict[str, torch.Tens
         "response_length": mask.sum(-1).mean(),
         "missing_eos_rate": (~rollout.has_eos).float().mean(),
         "value/explained_variance": core.explained_variance(rollout.values, rollout.returns, mask),
-        **{f"reward/{name}": part.mean() for name, part in rollout.score_parts.items()},
+        **{f"reward/{name}": part.nanmean() for name, part in rollout.score_parts.items()},  # over scored prompts
     }

@@ -221,7 +221,8 @@ class PPOTrainer:
             if i == 0 and self.args.normalize_reward and self.reward_stats:
                 values = (values - self.reward_stats["mean"]) / max(self.reward_stats["std"], 1e-8)
             parts[name] = values
-            total += weight * values
+            if weight:  # a weight of 0 only logs: its NaN (a prompt it cannot score, tiny_world_gold) stays out
+                total += weight * values
         if self.args.missing_eos_penalty is not None:
             total = total - self.args.missing_eos_penalty * (~rollout.has_eos).float()
         if self.args.reward_clip is not None:
@@ -363,7 +364,8 @@ class PPOTrainer:
             lr=self.scheduler.get_last_lr()[0],
             seconds_per_update=time.perf_counter() - start,
         )
-        if not all(math.isfinite(v) for v in metrics.values()):  # reduced: every process agrees
+        # reduced: every process agrees. A reward part may be NaN (no prompt it scores); a weighted NaN shows in score
+        if not all(math.isfinite(v) for k, v in metrics.items() if not k.startswith("reward/")):
             raise NonFiniteLossError(nonfinite_statistics_message(self.args.output_dir, self.global_step, metrics))
         self.history.append(metrics)
         if self.global_step % max(1, int(self.args.logging_steps)) == 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..configs import DataArguments
 from ..data.formats import DataValidationError
 from ..data.loading import load_stage_dataset
-from ..data.world import TinyWorld
+from ..data.world import TinyWorld, is_world_question
 from ..modeling import SCORE_BIAS_FLAG, load_reward_model, load_tokenizer, reward_head
 
 RewardFunction = Callable[[list[Any], list[Any]], list[float]]
@@ -185,19 +186,41 @@ def main(argv: list[str] | None = None) -> list[float]:
 
 # ------------------------------------------------------------------------------------ named reward functions
 def tiny_world_gold(world_seed: int = 0) -> RewardFunction:
-    """The tiny world's gold labeler as a reward function (prompts as text or messages)."""
+    """The tiny world's gold labeler as a reward function (prompts as text or messages).
+
+    A prompt that is not one of the world's questions (`is_world_question`) gets NaN: the gold labeler cannot score
+    it. TRL's GRPO/RLOO skip NaN rewards (`nansum`), hf_rlhf's PPO leaves rewards of weight 0 out of the score, and
+    the RL stage refuses a non-zero weight on prompts outside the world before any model loads.
+    """
     world = TinyWorld(world_seed)
 
     def gold(prompts: list[Any], completions: list[Any]) -> list[float]:
-        questions = [m[-1]["content"] if (m := as_messages(p)) else p for p in prompts]
         texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return world.gold_scores(questions, texts)
+        return [
+            world.gold_score(m[-1]["content"] if (m := as_messages(p)) else p, c) if is_world_question(p) else math.nan
+            for p, c in zip(prompts, texts, strict=True)
+        ]
 
     gold.__name__ = "tiny_world_gold"
     return gold
 
 
 NAMED_REWARD_FUNCS: dict[str, Callable[..., RewardFunction]] = {"tiny_world_gold": tiny_world_gold}
+WORLD_ONLY_REWARD_FUNCS = ("tiny_world_gold",)  # they score the tiny world's questions only (NaN otherwise)
+
+
+def import_function(spec: str, what: str = "reward function") -> Callable:
+    """The function `package.module:function` names, imported; a `ValueError` saying why if it cannot be."""
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise ValueError(f"{what} '{spec}' is not of the form 'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"{what} '{spec}' could not be imported: {e}") from e
+    if not callable(fn):
+        raise ValueError(f"{what} '{spec}' is not callable")
+    return fn
 
 
 def resolve_reward_func(name: str, world_seed: int = 0) -> RewardFunction:
@@ -208,11 +231,4 @@ def resolve_reward_func(name: str, world_seed: int = 0) -> RewardFunction:
         raise ValueError(
             f"unknown reward function '{name}': use one of {sorted(NAMED_REWARD_FUNCS)} or 'package.module:function'"
         )
-    module, attr = name.split(":", 1)
-    try:
-        fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"reward function '{name}' could not be imported: {e}") from e
-    if not callable(fn):
-        raise ValueError(f"reward function '{name}' is not callable")
-    return fn
+    return import_function(name)

@@ -3,7 +3,8 @@
 `algorithm: ppo` (default) runs hf_rlhf's own PPO trainer (`hf_rlhf.ppo`): policy = the SFT model, reference = a
 frozen copy of it, value model initialised from the reward model. `algorithm: grpo | rloo` configure TRL's
 `GRPOTrainer` / `RLOOTrainer` with the same inputs: the reward model and any reward functions become TRL reward
-functions. Prompts are text or conversations (TRL's prompt-only format). The RL model is deployable.
+functions. Prompts are text or conversations (TRL's prompt-only format), checked and fitted to the policy's
+positions before any model loads (`hf_rlhf.stages.rl_rewards.check_rl_prompts`). The RL model is deployable.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from trl import ModelConfig, TrlParser
 from ..configs import RL_CONFIGS, DataArguments, RLArguments
 from ..data.formats import PROMPT_FORMATS
 from ..data.loading import dataset_fingerprint, load_stage_dataset, resolve_dataset
+from ..data.prompts import check_long_prompts, describe_policy
 from ..hub.push import push_request, push_stage, without_push
-from ..manifest import finish_stage, read_manifest, start_stage
+from ..manifest import finish_stage, start_stage
 from ..modeling import (
     is_quantized,
     load_causal_lm,
@@ -28,7 +30,6 @@ from ..modeling import (
     load_tokenizer,
     peft_config_for,
     resolve_model,
-    resolve_model_path,
     trainable_parameters,
 )
 from ..plan import rows
@@ -36,7 +37,9 @@ from ..plan.context import Context, StagePlan, describe_data
 from ..plan.memory import Role, estimate
 from ..recipes import RecipeError, parse_command_line
 from ..resilience import resilient
-from ..reward.scorer import RewardModelScorer, resolve_reward_func
+from ..reward.scorer import RewardModelScorer
+from .rl_rewards import check_rewards, check_rl_prompts, final_metrics, reward_functions, trl_reward, without_nan
+from .rl_rewards import new_tokens as generated_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ def check_arguments(data_args: DataArguments, rl_args: RLArguments, training_arg
     if not model_args.model_name_or_path or not training_args.output_dir:
         raise RecipeError("rl needs `model_name_or_path` (the SFT model) and `output_dir`")
     check_rewards(rl_args, training_args)
+    check_long_prompts(rl_args.long_prompts)
     shared_base = getattr(training_args, "shared_base", False)
     if rl_args.algorithm != "ppo" and shared_base:
         raise RecipeError("shared_base is a PPO layout")
@@ -69,50 +73,6 @@ def check_arguments(data_args: DataArguments, rl_args: RLArguments, training_arg
         raise RecipeError("shared_base needs use_peft, a LoRA `reward_model_path` and no `value_model_path`")
     if not (rl_args.value_model_path or rl_args.reward_model_path):
         raise RecipeError("ppo needs `value_model_path` or `reward_model_path` to initialise the value model")
-
-
-def check_rewards(rl_args: RLArguments, training_args) -> tuple[list[str], list[float]]:
-    """The rewards' names and weights: every reward function resolves, and there is one weight per reward."""
-    names = ["reward_model"] if rl_args.reward_model_path else []
-    for name in rl_args.reward_funcs or []:
-        try:
-            resolve_reward_func(name, rl_args.world_seed)
-        except ValueError as e:
-            raise RecipeError(str(e)) from e
-        names.append(name.split(":")[-1])
-    if not names:
-        raise RecipeError("rl needs `reward_model_path` and/or `reward_funcs`")
-    weights = list(training_args.reward_weights) if training_args.reward_weights else [1.0] * len(names)
-    if len(weights) != len(names):
-        raise RecipeError(f"reward_weights has {len(weights)} entries for {len(names)} rewards ({', '.join(names)})")
-    return names, weights
-
-
-def reward_functions(
-    rl_args: RLArguments, training_args, model_args: ModelConfig, tokenizer
-) -> tuple[list, list[str], list[float], dict | None]:
-    """The reward model (as a function) and named reward functions, with names, weights and the RM's stats.
-
-    The reward model is loaded with the stage's precision and quantization (a 4-bit policy gets a 4-bit reward
-    model); PPO's `shared_base` layout replaces it by an adapter of the policy's base (see `run_ppo`).
-    """
-    names, weights = check_rewards(rl_args, training_args)
-    funcs, stats = [], None
-    if rl_args.reward_model_path:
-        reward_dir = resolve_model_path(rl_args.reward_model_path, "reward model")  # a Hub id: its snapshot
-        if not getattr(training_args, "shared_base", False):
-            model = load_reward_model(
-                rl_args.reward_model_path, trust_remote_code=training_args.trust_remote_code, model_args=model_args
-            )
-            funcs.append(
-                RewardModelScorer(model.eval().requires_grad_(False), load_tokenizer(rl_args.reward_model_path))
-            )
-        else:
-            funcs.append(None)  # the shared base's reward adapter, made with the policy
-        manifest = read_manifest(reward_dir) or {}
-        stats = manifest.get("metrics", {}).get("reward_centring")
-    funcs += [resolve_reward_func(name, rl_args.world_seed) for name in rl_args.reward_funcs or []]
-    return funcs, names, weights, stats
 
 
 def ppo_models(policy, tokenizer, rl_args: RLArguments, training_args, model_args: ModelConfig, funcs: list):
@@ -166,8 +126,7 @@ def run_ppo(policy, tokenizer, train, rl_args, training_args, model_args, reward
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         plot_training_curves(history, os.path.join(training_args.output_dir, "training_curves.png"))
-    last = history[-max(1, len(history) // 10) :]  # the last tenth of the updates
-    metrics = {f"final_{k}": sum(h[k] for h in last) / len(last) for k in last[0] if k != "step"}
+    metrics = final_metrics(history)
     metrics.update(updates=len(history), trainable_parameters=trainable, total_parameters=total)
     return trainer, {"metrics": metrics, "history": history}
 
@@ -197,26 +156,15 @@ def run_trl(algorithm, policy, tokenizer, train, rl_args, training_args, model_a
     }
 
 
-def trl_reward(fn, name: str):
-    """Our `f(prompts, completions)` as a TRL reward function `f(prompts, completions, **kwargs)`."""
-
-    def reward(prompts, completions, **kwargs):
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return fn(prompts, texts)
-
-    reward.__name__ = name
-    return reward
-
-
 def run(data_args: DataArguments, rl_args: RLArguments, training_args, model_args: ModelConfig) -> dict[str, Any]:
     """Train the policy with the chosen algorithm; save it with its tokenizer, curves and manifest."""
     check_arguments(data_args, rl_args, training_args, model_args)
     set_seed(training_args.seed)
-    data = load_stage_dataset(data_args, seed=training_args.seed)
-    train = data["train"]
-    PROMPT_FORMATS.detect(
-        train.column_names, f"dataset '{data_args.dataset_name}', split '{data_args.dataset_train_split}'"
-    )
+    # every prompt trains: no evaluation split is carved (the trainers here do not evaluate)
+    data = load_stage_dataset(dataclasses.replace(data_args, eval_split_size=0.0), seed=training_args.seed)
+    where = f"dataset '{data_args.dataset_name}', split '{data_args.dataset_train_split}'"
+    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
+    train, prompt_rows, outside = check_rl_prompts(data["train"], where, rl_args, training_args, model_args, tokenizer)
     reward_model = rl_args.reward_model_path
     inputs = {
         "model": resolve_model(model_args.model_name_or_path),
@@ -226,7 +174,6 @@ def run(data_args: DataArguments, rl_args: RLArguments, training_args, model_arg
     }
     if rl_args.value_model_path:
         inputs["value_model"] = resolve_model(rl_args.value_model_path, "value model")
-    tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
     rewards = reward_functions(rl_args, training_args, model_args, tokenizer)
     push = push_request(training_args)  # checked now: a push that cannot happen fails before training
     start_stage(training_args.output_dir)
@@ -247,8 +194,13 @@ def run(data_args: DataArguments, rl_args: RLArguments, training_args, model_arg
         "rl",
         configs={"data": data_args, "rl": rl_args, "training": training_args, "model": model_args},
         inputs=inputs,
-        metrics={"algorithm": rl_args.algorithm, **result["metrics"]},
-        extra={"history": result["history"]},
+        metrics={
+            "algorithm": rl_args.algorithm,
+            "rows": {"train": prompt_rows},
+            **({"unscored_outside_world": outside} if outside is not None else {}),
+            **result["metrics"],
+        },
+        extra={"history": without_nan(result["history"])},
         push=push,
     )
     if push is not None:
@@ -268,6 +220,10 @@ def plan(
     rows.model_rows(out, arch, label)
     text, info = describe_data(data_args, ctx, PROMPT_FORMATS)
     out.rows.append(("data", text))
+    policy_row = describe_policy(
+        rl_args.max_prompt_length, arch.max_positions, generated_tokens(rl_args, args), rl_args.long_prompts
+    )
+    out.rows.append(("prompts", policy_row))
     reward_arch, rewards = None, []
     if rl_args.reward_model_path:
         reward_arch, reward_label = ctx.model(rl_args.reward_model_path, "reward_model_path")

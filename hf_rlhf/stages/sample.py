@@ -1,14 +1,17 @@
-"""Collecting comparisons: the SFT model writes K completions per prompt, then contractors rank them.
+"""Collecting comparisons: the SFT model writes K completions per prompt, then a labeler ranks them.
 
-`hf-rlhf sample` writes a dataset with `prompt`, `completions` and an empty `ranking`, saved with `save_to_disk` and
-exported to JSONL so people can rank by hand (fill `ranking` with one rank per completion, 1 = best, equal ranks for
-ties) and hand the JSONL to the reward stage. In the tiny world the gold labeler ranks them (the simulated
-contractors: `--labeler tiny_world`). With `push_to_hub` the finished comparisons become a Hub dataset repo.
+`hf-rlhf sample` writes a dataset with `prompt`, `completions` and `ranking`, saved with `save_to_disk` and exported to
+JSONL so people can rank by hand (fill `ranking` with one rank per completion, 1 = best, equal ranks for ties) and
+hand the JSONL to the reward stage. `labeler` chooses who ranks: nobody (`none`), the tiny world's gold labeler
+(`tiny_world`, the simulated contractors), a Python function, a reward model or a judge model
+(`hf_rlhf.stages.sample_labelers`). The prompts are checked, and fitted to the model's positions, before any model
+loads (`hf_rlhf.data.prompts`). With `push_to_hub` the finished comparisons become a Hub dataset repo.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -17,6 +20,8 @@ from datasets import Dataset, DatasetDict
 from ..configs import DataArguments, SampleArguments
 from ..data.formats import PROMPT_FORMATS
 from ..data.loading import resolve_dataset
+from ..data.prompts import check_long_prompts, check_prompts, describe_policy, model_positions, prompt_length_limit
+from ..data.world import is_world_question
 from ..errors import RecipeError
 from ..eval.generation import format_prompts, generate
 from ..hub.push import push_request, push_stage
@@ -25,14 +30,10 @@ from ..plan import rows
 from ..plan.context import Context, StagePlan, describe_data
 from ..plan.memory import Role, estimate, rollout_activations
 from ..resilience import process_state
-from ..reward.scorer import as_messages
+from .sample_labelers import check_labeler, rank, ranks_from_scores
 
-LABELERS = ("none", "tiny_world")
-
-
-def ranks_from_scores(scores: list[float]) -> list[int]:
-    """Competition ranks (1 = best, ties share a rank): [0.5, 1.0, 0.5] -> [2, 1, 2]."""
-    return [1 + sum(other > s for other in scores) for s in scores]
+__all__ = ["ranks_from_scores", "run", "plan", "main"]
+logger = logging.getLogger(__name__)
 
 
 def sample_completions(
@@ -55,30 +56,48 @@ def sample_completions(
     return [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
 
 
-def check_arguments(data_args: DataArguments, args: SampleArguments) -> None:
-    """What `run` checks of the recipe before reading data (`plan` checks the same)."""
+def check_arguments(data_args: DataArguments, args: SampleArguments):
+    """What `run` checks of the recipe before reading data (`plan` checks the same); returns the labeler's
+    function when it is `package.module:function`."""
     if args.num_completions < 2:
         raise RecipeError(f"num_completions must be at least 2, got {args.num_completions}")
-    if args.labeler not in LABELERS:
-        raise RecipeError(f"labeler must be one of {LABELERS}, got {args.labeler!r}")
     if not args.output_dir or not args.model_name_or_path:
         raise RecipeError("sample needs `model_name_or_path` and `output_dir`")
+    check_long_prompts(args.long_prompts)
+    return check_labeler(args.labeler, args.labeler_model)
 
 
 def run(data_args: DataArguments, args: SampleArguments) -> dict[str, Any]:
     """Write the comparison dataset (and JSONL exports) to `args.output_dir`; returns the manifest."""
     from ..data.loading import load_stage_dataset
-    from ..modeling import load_model_for_inference, resolve_model
+    from ..modeling import load_model_for_inference, load_tokenizer, resolve_model
 
-    check_arguments(data_args, args)
+    function = check_arguments(data_args, args)
     data = load_stage_dataset(DataArguments(**{**vars(data_args), "eval_split_size": 0.0}))
     where = f"dataset '{data_args.dataset_name}', split '{data_args.dataset_train_split}'"
-    PROMPT_FORMATS.detect(data["train"].column_names, where)
-    prompts = data["train"]["prompt"][: args.max_prompts]
+    train = data["train"]
+    if args.max_prompts is not None:
+        train = train.select(range(min(args.max_prompts, len(train))))
+    tokenizer = load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    positions = model_positions(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
+    limit = prompt_length_limit(args.max_prompt_length, positions, args.max_new_tokens)
+    train, prompt_rows = check_prompts(train, where, tokenizer, limit, args.long_prompts, min_rows=1)
+    prompts = train["prompt"]
     inputs = {
         "model": resolve_model(args.model_name_or_path),
         "dataset": {"name": resolve_dataset(data_args.dataset_name)},
     }
+    labeling = {"labeler": args.labeler}
+    if args.labeler_model:
+        inputs["labeler_model"] = resolve_model(args.labeler_model, "labeler_model")
+        labeling["labeler_model"] = inputs["labeler_model"].name
+    if args.labeler == "tiny_world":
+        labeling["unranked_outside_world"] = sum(not is_world_question(p) for p in prompts)
+        if labeling["unranked_outside_world"]:
+            logger.warning(
+                "%s: %d of %d prompts are not questions of the tiny world: labeler 'tiny_world' leaves their "
+                "`ranking` empty (for people to fill in)", where, labeling["unranked_outside_world"], len(prompts),
+            )  # fmt: skip
     state = process_state()
     if not state.is_main_process:  # under `accelerate launch` the main process samples and writes; the rest wait
         state.wait_for_everyone()
@@ -88,16 +107,8 @@ def run(data_args: DataArguments, args: SampleArguments) -> dict[str, Any]:
 
     model, tokenizer = load_model_for_inference(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     completions = sample_completions(model, tokenizer, prompts, args)
-    if args.labeler == "tiny_world":
-        from ..data.world import TinyWorld
-
-        world = TinyWorld(args.world_seed)
-        rankings = [
-            ranks_from_scores(world.gold_scores([_question(p)] * len(c), c))
-            for p, c in zip(prompts, completions, strict=True)
-        ]
-    else:
-        rankings = [[] for _ in prompts]
+    del model  # a reward or judge labeler loads next
+    rankings = rank(args, prompts, completions, function)
     dataset = Dataset.from_dict({"prompt": prompts, "completions": completions, "ranking": rankings})
     splits = (
         dataset.train_test_split(test_size=args.test_split_size, seed=args.seed)
@@ -113,7 +124,12 @@ def run(data_args: DataArguments, args: SampleArguments) -> dict[str, Any]:
         "sample",
         configs={"data": data_args, "sample": args},
         inputs=inputs,
-        metrics={"num_prompts": len(prompts), "num_completions": args.num_completions, "labeler": args.labeler},
+        metrics={
+            "num_prompts": len(prompts),
+            "num_completions": args.num_completions,
+            **labeling,
+            "rows": {"train": prompt_rows},
+        },
         push=push,
     )
     if push is not None:
@@ -130,6 +146,12 @@ def plan(data_args: DataArguments, args: SampleArguments, ctx: Context) -> Stage
     rows.model_rows(out, arch, label)
     text, info = describe_data(data_args, ctx, PROMPT_FORMATS, test_split="test")
     out.rows.append(("data", text))
+    out.rows.append(
+        (
+            "prompts",
+            describe_policy(args.max_prompt_length, arch.max_positions, args.max_new_tokens, args.long_prompts),
+        )
+    )
     k, seq = args.num_completions, rows.prompt_tokens(info, arch, args.max_new_tokens) + args.max_new_tokens
     out.rows.append(
         (
@@ -139,15 +161,15 @@ def plan(data_args: DataArguments, args: SampleArguments, ctx: Context) -> Stage
         )
     )
     out.roles = [Role("model", arch, dtype="float32", prepared=False)]
+    if args.labeler in ("reward_model", "judge"):  # loaded after sampling; both counted: a bound
+        labeler_arch, labeler_label = ctx.model(args.labeler_model, "labeler_model")
+        out.rows.append(("labeler", f"{args.labeler} {labeler_label}"))
+        head = "reward" if args.labeler == "reward_model" else "lm"
+        out.roles.append(Role("labeler", labeler_arch, head, dtype="float32", prepared=False))
     out.rows.append(("activations", f"generation of {args.batch_size} x {seq} tokens"))
     out.memory = estimate(out.roles, rollout_activations(arch, args.batch_size, seq, 4), ctx.launch)
     out.extra["num_completions"] = k
     return out
-
-
-def _question(prompt: Any) -> str:
-    messages = as_messages(prompt)
-    return messages[-1]["content"] if messages else prompt
 
 
 def arguments(algorithm: str | None = None) -> tuple[type, ...]:

@@ -18,12 +18,12 @@ from trl import ModelConfig, SFTTrainer, TrlParser
 from ..configs import DataArguments, SFTStageConfig
 from ..data.formats import SFT_FORMATS, check_sft_dataset, is_conversational_dataset, sft_ignored_columns
 from ..data.loading import dataset_label, load_stage_dataset, resolve_dataset, row_counts
+from ..errors import DataValidationError
 from ..hub.push import push_request, push_stage, without_push
 from ..manifest import save_trainer_stage, start_stage
 from ..modeling import load_causal_lm, load_tokenizer, peft_config_for, resolve_model, trainable_parameters
 from ..plan import rows
 from ..plan.context import Context, StagePlan, describe_data
-from ..errors import DataValidationError
 from ..recipes import RecipeError, parse_command_line
 from ..resilience import resilient
 
