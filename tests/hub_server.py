@@ -6,6 +6,13 @@ to a separate "CDN" origin, the ndjson commit), read repo info at a revision, li
 download (`resolve`, with `X-Repo-Commit`, `ETag` / `X-Linked-Etag`, `X-Linked-Size`, `Content-Length`, and a
 redirect to the CDN origin for LFS files, as the real Hub does), for model and dataset repos. Commits are stored
 on disk with their full file list, so every old revision stays downloadable; branches point to commits.
+`HubServer.downloads` records every file whose content was sent (GETs, not HEADs), so a test can count what a
+client fetched.
+
+The unmodified `datasets.load_dataset("org/name", name=..., revision=..., data_dir=..., split=...)` works against
+it too: `datasets` reads through `huggingface_hub`'s `HfFileSystem` (repo info at a revision, tree listings,
+`resolve` HEADs and downloads). `datasets.config` copies `HF_ENDPOINT`, `HF_HOME` and the offline switch at import
+time, so the fixture patches it as well (`configure_client`), and `go_offline` switches both libraries offline.
 
 Writes need a `Bearer` token the fixture configures. Errors carry the Hub's headers (`X-Error-Code`: RepoNotFound,
 RevisionNotFound, EntryNotFound, GatedRepo; `X-Error-Message`), so the client raises its own typed errors.
@@ -29,12 +36,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import pytest
 import yaml
 
 TOKEN = "hf_test_write_token_5b2e7c1d9a"  # the fixture's write token for user "alice" (and org "tiny-org")
+# Organisations of the public datasets that tests copy (tests/public_datasets.py): "alice" may write to them too, so
+# a local copy can be uploaded under its real repo id, and recipes naming that id read it from this server.
+PUBLIC_ORGS = ("HuggingFaceFW", "HuggingFaceH4", "HuggingFaceTB", "Anthropic", "openbmb", "trl-lib")
 LFS_THRESHOLD = 10 * 1024 * 1024  # bigger files always go to LFS, as on the Hub
 DEFAULT_GITATTRIBUTES = "".join(
     f"{pattern} filter=lfs diff=lfs merge=lfs -text\n"
@@ -91,6 +101,9 @@ class HubServer:
         self.root, self.tokens, self.orgs = root, tokens, orgs or {}
         self.faults = Faults()
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every request
+        # (repo_type, repo_id, path) of every file whose content was sent: a `resolve` GET of a regular file, or the
+        # CDN GET an LFS file's `resolve` redirects to (ranged reads included: one entry per request)
+        self.downloads: list[tuple[str, str, str]] = []
         self.lock = threading.RLock()
         self.secret = os.urandom(16)
         self._servers = [_Server(("127.0.0.1", 0), Handler, self, role) for role in ("hub", "cdn")]
@@ -201,9 +214,14 @@ class HubServer:
     def sign(self, oid: str, expires: int) -> str:
         return hmac.new(self.secret, f"{oid}:{expires}".encode(), hashlib.sha256).hexdigest()
 
-    def signed_url(self, kind: str, oid: str) -> str:
+    def signed_url(self, kind: str, oid: str, source: tuple[str, str, str] | None = None) -> str:
+        """A CDN URL for an LFS object; `source` (repo_type, repo_id, path) is carried along, unsigned, so the CDN
+        can record which repo file a download was."""
         expires = int(time.time()) + 600
-        return f"{self.cdn_url}/{kind}/{oid}?expires={expires}&signature={self.sign(oid, expires)}"
+        url = f"{self.cdn_url}/{kind}/{oid}?expires={expires}&signature={self.sign(oid, expires)}"
+        if source:
+            url += "&" + urlencode(dict(zip(("repo_type", "repo_id", "path"), source, strict=True)))
+        return url
 
     def all_files(self) -> Iterator[tuple[str, bytes]]:
         """Every stored object and blob, for tests that check what was uploaded."""
@@ -273,7 +291,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_json({"error": str(e), **e.extra}, e.status, headers)
         except ConnectionError:
             self.close_connection = True
-        hub.requests.append((self.command, split.path, self.status))
+        if not self.status:  # no response sent (a dropped connection): recorded here, with status 0
+            hub.requests.append((self.command, split.path, self.status))
 
     def body(self, drop_after_half: bool = False) -> bytes:
         """The request body (Content-Length or chunked); with `drop_after_half`, read half of it and cut the
@@ -309,6 +328,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def send_bytes(self, content: bytes, status: int = 200, headers: dict | None = None, length: int | None = None):
         self.status = status
+        # recorded before the client can read the response, so a test sees every request its client call made
+        self.server.hub.requests.append((self.command, urlsplit(self.path).path, status))
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, str(value))
@@ -640,11 +661,13 @@ class Handler(BaseHTTPRequestHandler):
         headers = {"X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
         if entry["lfs"]:  # the Hub redirects LFS files to its CDN (another origin: the client drops the token)
             oid = entry["lfs"]["oid"]
-            location = hub.signed_url("blobs", oid)
+            location = hub.signed_url("blobs", oid, (self.repo_type, self.repo_id, self.filename))
             headers.update({"Location": location, "X-Linked-Etag": f'"{oid}"', "X-Linked-Size": entry["size"]})
             self.send_bytes(b"", 302, {**headers, "ETag": f'"{entry["oid"]}"'})
             return
         headers.update({"ETag": f'"{entry["oid"]}"', "Content-Type": "application/octet-stream"})
+        if self.command == "GET":
+            hub.downloads.append((self.repo_type, self.repo_id, self.filename))
         self._send_range(hub.file_content(entry), headers)
 
     def cdn_download(self) -> None:
@@ -654,6 +677,9 @@ class Handler(BaseHTTPRequestHandler):
             raise HubError(404, "no such blob")
         with open(hub.lfs_path(oid), "rb") as f:
             content = f.read()
+        if self.command == "GET" and "repo_id" in self.query:
+            source = tuple(self.query[key][0] for key in ("repo_type", "repo_id", "path"))
+            hub.downloads.append(source)
         self._send_range(content, {"ETag": f'"{oid}"', "Content-Type": "application/octet-stream"})
 
     def _send_range(self, content: bytes, headers: dict[str, Any]) -> None:
@@ -676,8 +702,10 @@ class Handler(BaseHTTPRequestHandler):
 
 # ------------------------------------------------------------------------------------------------ fixture
 def configure_client(monkeypatch: pytest.MonkeyPatch, endpoint: str, hf_home: str, token: str | None) -> None:
-    """Point the unmodified client at `endpoint` with a fresh `HF_HOME` cache: through its documented environment
-    variables, and the `huggingface_hub.constants` it read from them at import time."""
+    """Point the unmodified clients at `endpoint` with a fresh `HF_HOME` cache: through their documented environment
+    variables, and the `huggingface_hub.constants` and `datasets.config` values they read from them at import time
+    (imported here first, so that the values patched are restored after the test, not left pointing at it)."""
+    import datasets
     from huggingface_hub import constants
 
     cache = os.path.join(hf_home, "hub")
@@ -709,6 +737,50 @@ def configure_client(monkeypatch: pytest.MonkeyPatch, endpoint: str, hf_home: st
     }
     for key, value in values.items():
         monkeypatch.setattr(constants, key, value)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(
+        datasets.config, "HUB_DATASETS_URL", endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}"
+    )
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
+    _datasets_offline(monkeypatch, False)
+    _datasets_cache(monkeypatch, hf_home)
+
+
+def _datasets_cache(monkeypatch: pytest.MonkeyPatch, hf_home: str) -> None:
+    """`datasets`' own caches (prepared Arrow files, downloads, modules) under `hf_home`, as `HF_HOME` would put them."""
+    from pathlib import Path
+
+    import datasets
+
+    cache = Path(hf_home, "datasets")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    for key, value in {
+        "HF_CACHE_HOME": hf_home,
+        "HF_DATASETS_CACHE": cache,
+        "DOWNLOADED_DATASETS_PATH": cache / "downloads",
+        "EXTRACTED_DATASETS_PATH": cache / "downloads" / "extracted",
+        "HF_MODULES_CACHE": Path(hf_home, "modules"),
+    }.items():
+        monkeypatch.setattr(datasets.config, key, value)
+
+
+def _datasets_offline(monkeypatch: pytest.MonkeyPatch, offline: bool) -> None:
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", offline)
+
+
+def go_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`HF_HUB_OFFLINE=1` and `HF_DATASETS_OFFLINE=1` for the rest of the test, as a user would set them before
+    starting Python: the environment, `huggingface_hub.constants` and `datasets.config`."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _datasets_offline(monkeypatch, True)
 
 
 def use_fresh_cache(monkeypatch: pytest.MonkeyPatch, hf_home: str) -> None:
@@ -719,12 +791,14 @@ def use_fresh_cache(monkeypatch: pytest.MonkeyPatch, hf_home: str) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", os.path.join(hf_home, "hub"))
     monkeypatch.setattr(constants, "HF_HOME", hf_home)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", os.path.join(hf_home, "hub"))
+    _datasets_cache(monkeypatch, hf_home)
 
 
 def running_hub(tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
-    """The body of the `hub_server` fixtures: a running local Hub on 127.0.0.1 (user `alice`, org `tiny-org`, token
-    `TOKEN` in HF_TOKEN), with the client pointed at it and a fresh cache; stopped afterwards."""
-    server = HubServer(str(tmp_path / "hub-storage"), tokens={TOKEN: "alice"}, orgs={"alice": ["tiny-org"]}).start()
+    """The body of the `hub_server` fixtures: a running local Hub on 127.0.0.1 (user `alice`, orgs `tiny-org` and
+    `PUBLIC_ORGS`, token `TOKEN` in HF_TOKEN), with the clients pointed at it and a fresh cache; stopped afterwards."""
+    orgs = {"alice": ["tiny-org", *PUBLIC_ORGS]}
+    server = HubServer(str(tmp_path / "hub-storage"), tokens={TOKEN: "alice"}, orgs=orgs).start()
     configure_client(monkeypatch, server.url, str(tmp_path / "hf_home"), TOKEN)
     yield server
     server.stop()
