@@ -13,13 +13,15 @@ from huggingface_hub import HfApi
 from hf_rlhf.configs import DataArguments
 from hf_rlhf.data.formats import PROMPT_FORMATS, SFT_FORMATS, preference_formats, text_formats
 from hf_rlhf.data.loading import dataset_sources, load_stage_dataset
+from hf_rlhf.errors import DataValidationError
+from hf_rlhf.hub.resolve import forget_downloads
 from hf_rlhf.plan.context import Context, describe_data
 from hf_rlhf.plan.launch import Launch
 from hf_rlhf.recipes import parse_command_line
 from hf_rlhf.stages import STAGES, pretrain, reward, rl, sample, sft
 
 from .conftest import RECIPES
-from .hub_server import TOKEN, running_hub
+from .hub_server import TOKEN, go_offline, running_hub
 from .ppo_fixtures import tiny_models
 from .public_datasets import PUBLIC, repo_files, upload
 
@@ -126,6 +128,34 @@ def test_hh_rlhf_subset_by_repo_id_fetches_only_its_folder(hub_server, tmp_path)
     data = load_stage_dataset(DataArguments(dataset_name=f"{repo_id}@{commit}", dataset_data_dir="helpful-base"))
     assert set(data) == {"train", "test"}
     assert fetched(hub_server, repo_id) == ["helpful-base/test.jsonl.gz", "helpful-base/train.jsonl.gz"]
+
+
+def test_only_the_splits_a_stage_reads_are_fetched(hub_server, tmp_path, monkeypatch):
+    repo_id = "HuggingFaceH4/ultrachat_200k"
+    folder = copy_of(repo_id, tmp_path)
+    commit = upload(HfApi(endpoint=hub_server.url, token=TOKEN), repo_id, folder)
+    args = DataArguments(dataset_name=repo_id, dataset_train_split="train_sft", dataset_test_split="test_sft")
+    data = load_stage_dataset(args)
+    assert {split: len(ds) for split, ds in data.items()} == {"train": 6, "test": 3}
+    got = fetched(hub_server, repo_id)
+    assert got == [p for p in repo_files(folder) if "_sft-" in p] and len(got) == 4 < len(repo_files(folder)) == 8
+    reads = [path for method, path, _ in hub_server.requests if method in ("GET", "HEAD") and repo_id in path]
+    # main resolved to its commit once (the card's download names it), then every read names the commit
+    assert all(commit in path or path.endswith("/resolve/main/README.md") for path in reads), reads
+    # offline, the same commit from the cache, even after the branch moved on (datasets alone would give the newest)
+    api = HfApi(endpoint=hub_server.url, token=TOKEN)
+    api.delete_file("data/test_sft-00000-of-00001-f7dfac4afe5b93f4.parquet", repo_id, repo_type="dataset")
+    assert len(load_stage_dataset(DataArguments(**{**vars(args), "dataset_name": repo_id}))["test"]) == 3
+    forget_downloads()
+    go_offline(monkeypatch)
+    offline = load_stage_dataset(DataArguments(**{**vars(args), "dataset_name": f"{repo_id}@{commit}"}))
+    assert offline["train"]["messages"] == data["train"]["messages"] and len(offline["test"]) == 3
+    with pytest.raises(DataValidationError, match="HF_HUB_OFFLINE is set .* not in the cache"):
+        load_stage_dataset(DataArguments(dataset_name="HuggingFaceTB/smol-smoltalk"))
+    # a configuration is still honoured: FineWeb-Edu's sample, not the dumps
+    fineweb = copy_of("HuggingFaceFW/fineweb-edu", tmp_path)
+    sample = load_stage_dataset(DataArguments(dataset_name=fineweb, dataset_config="sample-10BT", eval_split_size=0))
+    assert len(sample["train"]) == 6
 
 
 def test_tldr_prompts_drive_ppo_and_ultrafeedback_prompts_are_sampled(models, tmp_path):

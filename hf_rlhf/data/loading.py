@@ -29,8 +29,10 @@ from datasets import (
     IterableDatasetDict,
     concatenate_datasets,
     load_dataset,
+    load_dataset_builder,
     load_from_disk,
 )
+from huggingface_hub import DatasetCard, constants, snapshot_download
 
 from ..configs import DataArguments
 from ..errors import DataValidationError, HubInputError
@@ -196,8 +198,56 @@ def read_source(source: DatasetSource, streaming: bool = False) -> DatasetDict |
     repo = path
     if is_hub_id(path):
         resolved = resolve_dataset(source)
-        repo, kwargs["revision"] = resolved.repo_id, resolved.commit
+        if constants.HF_HUB_OFFLINE and source.data_files is None:
+            repo, kwargs = _cached_snapshot(resolved, source, where)
+        else:
+            repo, kwargs["revision"] = resolved.repo_id, resolved.commit
+    if not streaming and source.data_files is None:
+        kwargs = _only_used_splits(repo, kwargs, source, where)
     return _read(where, lambda: load_dataset(repo, streaming=streaming, **kwargs))
+
+
+def _cached_snapshot(resolved: ResolvedInput, source: DatasetSource, where: str) -> tuple[str, dict[str, Any]]:
+    """Offline: the files of the pinned commit that an earlier run downloaded (the Hub cache keeps them by commit),
+    read as a local folder with the chosen configuration's `data_files` from its card. `datasets`' own offline
+    fallback would return whichever commit it prepared last."""
+    try:
+        folder = snapshot_download(
+            resolved.repo_id, repo_type="dataset", revision=resolved.commit, local_files_only=True
+        )
+    except Exception:  # nothing of this commit is cached
+        raise DataValidationError(
+            f"{where}: HF_HUB_OFFLINE is set and commit {resolved.commit} of the Hub dataset '{resolved.repo_id}' is "
+            "not in the cache: load it once online (not streamed), or unset HF_HUB_OFFLINE"
+        ) from None
+    card = os.path.join(folder, "README.md")
+    configs = (DatasetCard.load(card).data.get("configs") or []) if os.path.isfile(card) else []
+    if not configs:
+        return folder, {"data_dir": source.data_dir}
+    wanted = source.name or next((c["config_name"] for c in configs if c.get("default")), None) or "default"
+    config = next((c for c in configs if c.get("config_name") == wanted), configs[0] if len(configs) == 1 else None)
+    if config is None:
+        raise DataValidationError(
+            f"{where} has no configuration '{wanted}' (configurations: {', '.join(c['config_name'] for c in configs)})"
+        )
+    files = config.get("data_files") or "**"
+    if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+        files = [{"split": "train", "path": files}]
+    used = (source.split, source.test_split)  # only those were downloaded
+    data_files = {f["split"]: f["path"] for f in files if f["split"] in used or len(files) == 1}
+    return folder, {"data_dir": config.get("data_dir") or source.data_dir, "data_files": data_files}
+
+
+def _only_used_splits(repo: str, kwargs: dict[str, Any], source: DatasetSource, where: str) -> dict[str, Any]:
+    """`load_dataset` prepares every split of a configuration, so it would download UltraChat's `train_gen` and
+    `test_gen` to train on `train_sft`: name the data files of the splits the stage reads instead (the
+    configuration's own, as `datasets.load_dataset_builder` resolves them from the card; nothing is downloaded)."""
+    builder = _read(where, lambda: load_dataset_builder(repo, **kwargs))
+    files = builder.config.data_files or {}
+    used = [split for split in dict.fromkeys((source.split, source.test_split)) if split in files]
+    if source.split not in files or len(used) == len(files):
+        return kwargs
+    return {"revision": kwargs.get("revision"), "data_files": {split: list(files[split]) for split in used}}
 
 
 def _read(where: str, load):

@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from huggingface_hub import HfApi, constants, get_token, snapshot_download, try_to_load_from_cache
+from huggingface_hub import HfApi, constants, get_token, hf_hub_download, snapshot_download, try_to_load_from_cache
 from huggingface_hub.errors import (
+    EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
@@ -173,7 +174,7 @@ def resolve_commit(
 ) -> ResolvedInput:
     """A Hub repo `org/name[@revision]` pinned to the commit its revision points to now, downloading nothing.
 
-    Online, one repo-info call; with `HF_HUB_OFFLINE`, the commit of the cached `README.md` at that revision (the
+    Online, the dataset card's download (which names the commit); with `HF_HUB_OFFLINE`, the commit of the cached `README.md` at that revision (the
     file `datasets` always fetches first). Cached per process, as `resolve_input`, so every read of the input in
     this run loads the same commit. `path` is the repo id: the loader reads the files (`datasets.load_dataset`).
     """
@@ -193,7 +194,10 @@ def resolve_commit(
                 )
             commit = os.path.basename(os.path.dirname(cached))
         else:
-            try:
+            try:  # the card, as `datasets` reads it first: its cache entry (refs/<revision>) serves offline runs
+                card = hf_hub_download(repo_id, "README.md", repo_type=repo_type, revision=rev, endpoint=endpoint())
+                commit = os.path.basename(os.path.dirname(card))
+            except EntryNotFoundError:  # a repo without a card
                 commit = HfApi(endpoint=endpoint()).repo_info(repo_id, repo_type=repo_type, revision=rev).sha
             except Exception as e:  # one message per failure, as for downloads
                 raise _input_error(e, name, repo_id, rev, repo_type, what) from None
