@@ -103,6 +103,16 @@ def finish_stage(
             os.remove(path)
     run_dir = _run_dir(output_dir)
     resolved = {key: r for key, r in ((k, _resolved(v)) for k, v in inputs.items() if k != "sources") if r}
+    for key, value in inputs.items():  # a mixture's datasets (`hf_rlhf.data.loading.resolve_dataset`): one each
+        parts = value.get("datasets") if isinstance(value, dict) else None
+        parts = parts or (
+            value.get("name", {}).get("datasets")
+            if isinstance(value, dict) and isinstance(value.get("name"), dict)
+            else None
+        )
+        for index, part in enumerate(parts or []):
+            if isinstance(part, ResolvedInput):
+                resolved[f"{key}[{index}]"] = part
     sources = dict(inputs.get("sources") or {})
     for key, item in resolved.items():
         if item.repo_id:
@@ -153,6 +163,8 @@ def _named(value: Any) -> Any:
     """An input entry as the manifest keeps it: a `ResolvedInput` by its name (Hub id or path as given)."""
     if isinstance(value, dict):
         return {k: _named(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_named(v) for v in value]
     return value.name if isinstance(value, ResolvedInput) else value
 
 

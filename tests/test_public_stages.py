@@ -8,6 +8,7 @@ import glob
 import os
 
 import pytest
+import yaml
 from huggingface_hub import HfApi
 
 from hf_rlhf.configs import DataArguments
@@ -95,6 +96,17 @@ def test_a_mixture_of_smoltalk_and_ultrachat(models, tmp_path):
     data = load_stage_dataset(DataArguments(datasets=entries))
     assert data["train"].column_names == ["messages"] and len(data["train"]) == 12  # 6 + 6: none oversampled
     assert len(data["test"]) == 3 + 3
+    argv = ["--config", os.path.join(TINY, "sft.yaml"), "--model_name_or_path", models["sft"]]
+    argv += ["--output_dir", str(tmp_path / "o"), "--max_length", "256"]
+    recipe = tmp_path / "mixture.yaml"
+    with open(os.path.join(TINY, "sft.yaml")) as f:
+        recipe.write_text(yaml.safe_dump({**yaml.safe_load(f), "datasets": entries}))
+    manifest = sft.main(["--config", str(recipe), *argv[2:], *FAST])
+    sources = manifest["inputs"]["sources"]
+    assert [os.path.basename(sources[f"dataset[{i}]"]["path"]) for i in (0, 1)] == [
+        os.path.basename(e["path"]) for e in entries
+    ]
+    assert manifest["inputs"]["dataset"]["name"]["datasets"] == [e["path"] for e in entries]
 
 
 @pytest.mark.parametrize(

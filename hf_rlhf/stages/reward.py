@@ -136,7 +136,7 @@ def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: 
     data = load_stage_dataset(data_args, seed=training_args.seed)
     inputs = {
         "model": resolve_model(model_args.model_name_or_path),
-        "dataset": resolve_dataset(data_args.dataset_name),
+        "dataset": resolve_dataset(data_args),
     }
     options = PreferenceOptions.from_args(data_args, training_args)
     groups = {

@@ -170,7 +170,7 @@ def run(data_args: DataArguments, rl_args: RLArguments, training_args, model_arg
         "model": resolve_model(model_args.model_name_or_path),
         "reward_model": resolve_model(reward_model, "reward model") if reward_model else None,
         "reward_funcs": rl_args.reward_funcs or [],
-        "dataset": {"name": resolve_dataset(data_args.dataset_name), "fingerprint": dataset_fingerprint(train)},
+        "dataset": {"name": resolve_dataset(data_args), "fingerprint": dataset_fingerprint(train)},
     }
     if rl_args.value_model_path:
         inputs["value_model"] = resolve_model(rl_args.value_model_path, "value model")

@@ -85,7 +85,7 @@ def run(data_args: DataArguments, args: SampleArguments) -> dict[str, Any]:
     prompts = train["prompt"]
     inputs = {
         "model": resolve_model(args.model_name_or_path),
-        "dataset": {"name": resolve_dataset(data_args.dataset_name)},
+        "dataset": {"name": resolve_dataset(data_args)},
     }
     labeling = {"labeler": args.labeler}
     if args.labeler_model:
