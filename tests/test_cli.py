@@ -1,7 +1,12 @@
+"""The `hf-rlhf` command line: one process runs the real entry point; the rest call `hf_rlhf.cli.main` in-process
+(the same code, without paying the imports of a new interpreter each time)."""
+
 import subprocess
 import sys
 
-from hf_rlhf.cli import COMMANDS
+import pytest
+
+from hf_rlhf.cli import COMMANDS, main
 
 
 def run(*args):
@@ -15,21 +20,28 @@ def test_top_level_help_lists_every_command():
         assert name in result.stdout and help_ in result.stdout
 
 
-def test_stage_help_lists_options_with_help_text():
-    result = run("sft", "--help")
-    assert result.returncode == 0
+def help_of(command, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_stage_help_lists_options_with_help_text(capsys):
+    text = help_of("sft", capsys)
     for option in ("--dataset_name", "--model_name_or_path", "--learning_rate", "--use_peft", "--max_length"):
-        assert option in result.stdout
-    assert "save_to_disk" in result.stdout  # our own help text
-    pre = run("pretrain", "--help")
-    assert "--model_type" in pre.stdout and "--block_size" in pre.stdout and "AutoConfig" in pre.stdout
+        assert option in text
+    assert "save_to_disk" in text and "--datasets" in text  # our own help text and options
+    pre = help_of("pretrain", capsys)
+    assert "--model_type" in pre and "--block_size" in pre and "AutoConfig" in pre
 
 
-def test_errors_are_one_clear_line_and_nonzero(tmp_path):
-    result = run(
-        "sft", "--dataset_name", str(tmp_path / "nope"), "--model_name_or_path", "x", "--output_dir", str(tmp_path)
+def test_errors_are_one_clear_line_and_nonzero(tmp_path, capsys):
+    code = main(
+        ["sft", "--dataset_name", str(tmp_path / "nope"), "--model_name_or_path", "x", "--output_dir", str(tmp_path)]
     )
-    assert result.returncode == 1
-    assert "hf-rlhf sft: error: dataset" in result.stderr and "does not exist" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert run("nonsense").returncode == 2
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "hf-rlhf sft: error: dataset" in err and "does not exist" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["nonsense"]) == 2
