@@ -132,9 +132,10 @@ def test_streaming_pretraining_counts_empty_documents(tmp_path, world_dir):
     argv += ["--per_device_train_batch_size", "4", "--logging_steps", "1"]
     with pytest.raises(RecipeError, match="dataset_streaming needs `max_steps`"):
         pretrain.main(argv)
-    assert isinstance(
-        load_stage_dataset(DataArguments(dataset_name=corpus, dataset_streaming=True)), IterableDatasetDict
-    )
+    streamed = DataArguments(dataset_name=corpus, dataset_streaming=True)
+    assert isinstance(load_stage_dataset(streamed, allow_streaming=True), IterableDatasetDict)
+    with pytest.raises(DataValidationError, match="dataset_streaming is for pretraining"):
+        load_stage_dataset(streamed)
     manifest = pretrain.main(argv + ["--max_steps", "2"])
     rows = manifest["metrics"]["rows"]["train"]
     assert rows["used"] is None and rows["dropped"]["empty_document"] > 0  # counted as training read them

@@ -301,15 +301,22 @@ def _mix(parts: list[Any], sources: list[DatasetSource], split: str) -> Any:
     )
 
 
-def load_stage_dataset(data_args: DataArguments, seed: int = 42) -> DatasetDict | IterableDatasetDict:
+def load_stage_dataset(
+    data_args: DataArguments, seed: int = 42, *, allow_streaming: bool = False
+) -> DatasetDict | IterableDatasetDict:
     """The stage's data as a `DatasetDict` with `train` and, when there is one, `test`.
 
     A dataset without the test split gets one carved from the train split (`eval_split_size`, seeded), except when
     streaming (`dataset_streaming`: an `IterableDatasetDict`, test split only if the dataset has one).
-    `max_train_samples` caps the train split.
+    `max_train_samples` caps the train split. Only the pretraining stage streams (`allow_streaming`).
     """
     sources = dataset_sources(data_args)
     streaming = bool(data_args.dataset_streaming)
+    if streaming and not allow_streaming:
+        raise DataValidationError(
+            "dataset_streaming is for pretraining corpora: this stage checks and counts every row before training, "
+            "so it reads its dataset whole (leave dataset_streaming unset)"
+        )
     if streaming and any(s.fraction is not None for s in sources):
         raise DataValidationError("`datasets`: `fraction` needs the datasets' sizes, so it cannot be used streaming")
     trains, tests, test_sources = [], [], []

@@ -123,7 +123,7 @@ def run(data_args: DataArguments, training_args: PretrainConfig, model_args: Mod
     set_seed(training_args.seed)
 
     # Data first: bad input fails before any model is built.
-    data = load_stage_dataset(data_args, seed=training_args.seed)
+    data = load_stage_dataset(data_args, seed=training_args.seed, allow_streaming=True)
     dropped: dict[str, dict[str, int]] = {}
     for split, ds in data.items():
         where = f"{dataset_label(data_args)}, split '{split}'"
