@@ -220,7 +220,21 @@ class RewardStageConfig(RewardConfig):
 
 
 @dataclass
-class SampleArguments:
+class PromptLengthArguments:
+    """How `sample` and `rl` treat prompts too long for the policy (`hf_rlhf.data.prompts`)."""
+
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Longest prompt in tokens (default: the model's positions minus max_new_tokens)."},
+    )
+    long_prompts: str = field(
+        default="drop",
+        metadata={"help": "Prompts over max_prompt_length: 'drop' (counted), 'truncate' (keep the end) or 'error'."},
+    )
+
+
+@dataclass
+class SampleArguments(PromptLengthArguments):
     """How `hf-rlhf sample` writes K completions per prompt."""
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "The model that writes (the SFT model)."})
@@ -241,14 +255,6 @@ class SampleArguments:
     labeler_model: str | None = field(
         default=None, metadata={"help": "The reward model or judge model of labeler 'reward_model' / 'judge'."}
     )
-    max_prompt_length: int | None = field(
-        default=None,
-        metadata={"help": "Longest prompt in tokens (default: the model's positions minus max_new_tokens)."},
-    )
-    long_prompts: str = field(
-        default="drop",
-        metadata={"help": "Prompts over max_prompt_length: 'drop' (counted), 'truncate' (keep the end) or 'error'."},
-    )
     world_seed: int = field(default=0, metadata={"help": "Seed of the tiny world whose gold labeler ranks."})
     test_split_size: float = field(default=0.1, metadata={"help": "Fraction of prompts held out as the test split."})
     export_jsonl: bool = field(default=True, metadata={"help": "Also write comparisons_<split>.jsonl for people."})
@@ -261,7 +267,7 @@ class SampleArguments:
 
 
 @dataclass
-class RLArguments:
+class RLArguments(PromptLengthArguments):
     """What the RL stage optimises: the algorithm and the rewards."""
 
     algorithm: str = field(default="ppo", metadata={"help": "'ppo' (hf_rlhf's own), 'grpo' or 'rloo' (TRL)."})
@@ -274,14 +280,6 @@ class RLArguments:
         metadata={"help": "Extra reward functions: 'tiny_world_gold' or 'package.module:function'."},
     )
     world_seed: int = field(default=0, metadata={"help": "Seed of the tiny world for 'tiny_world_gold'."})
-    max_prompt_length: int | None = field(
-        default=None,
-        metadata={"help": "Longest prompt in tokens (default: the model's positions minus max_new_tokens)."},
-    )
-    long_prompts: str = field(
-        default="drop",
-        metadata={"help": "Prompts over max_prompt_length: 'drop' (counted), 'truncate' (keep the end) or 'error'."},
-    )
 
 
 RL_CONFIGS = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}  # `algorithm` -> trainer config
