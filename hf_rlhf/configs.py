@@ -74,6 +74,12 @@ class DataArguments(ScriptArguments):
             raise RecipeError("`ignore_bias_buffers` is not supported by hf_rlhf's stages: leave it unset")
         if self.datasets is not None and self.dataset_name:
             raise RecipeError("set either `dataset_name` or `datasets` (a mixture), not both")
+        if not 0 <= self.eval_split_size < 1:
+            raise RecipeError(f"eval_split_size must be a fraction in [0, 1), got {self.eval_split_size}")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise RecipeError(
+                f"max_train_samples must be at least 1 (unset it for every row), got {self.max_train_samples}"
+            )
         if self.datasets is not None and (not isinstance(self.datasets, list) or not self.datasets):
             raise RecipeError(f"`datasets` must be a non-empty list of dataset entries, got {self.datasets!r}")
 

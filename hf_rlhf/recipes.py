@@ -29,13 +29,34 @@ def parser_keys(parser: TrlParser) -> set[str]:
     return {action.dest for action in parser._actions if action.dest != "help"}
 
 
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:  # the mapping's own keys: `<<:` merges may be overridden, as YAML says
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(f"key '{key}' is given twice (line {key_node.start_mark.line + 1}): keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml_mapping(path: str) -> dict:
-    """Read a YAML file that must hold a mapping, with the file named in every error."""
+    """Read a YAML file that must hold a mapping, with the file named in every error (a key given twice is one)."""
     if not os.path.isfile(path):
         raise RecipeError(f"recipe file '{path}' does not exist")
     try:
         with open(path) as f:
-            content = yaml.safe_load(f)
+            content = yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKey as e:
+        raise RecipeError(f"recipe file '{path}': {e}") from None
     except yaml.YAMLError as e:
         raise RecipeError(f"recipe file '{path}' is not valid YAML: {e}") from e
     if content is None:

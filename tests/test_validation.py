@@ -7,7 +7,7 @@ from datasets import Dataset, DatasetDict
 
 from hf_rlhf.data.formats import DataValidationError
 from hf_rlhf.modeling import ModelNotFoundError
-from hf_rlhf.recipes import RecipeError, load_pipeline_recipe
+from hf_rlhf.recipes import RecipeError, load_pipeline_recipe, load_yaml_mapping
 from hf_rlhf.stages import pretrain, sft
 
 from .conftest import RECIPES
@@ -134,3 +134,25 @@ def test_empty_documents_are_dropped_and_counted(tmp_path, world_dir):
     path = save(tmp_path, "docs", rows)
     manifest, _ = run_pretrain(tmp_path, path, "--eval_split_size", "0", "--block_size", "32")
     assert manifest["metrics"]["rows"]["train"]["dropped"]["empty_document"] == 2
+
+
+def test_a_key_given_twice_is_refused_naming_file_key_and_line(tmp_path):
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text("learning_rate: 1.0e-3\nmax_length: 64\nlearning_rate: 5.0e-4\n")
+    with pytest.raises(RecipeError, match=r"recipe file '.*sft.yaml': key 'learning_rate' is given twice \(line 3\)"):
+        sft.main(["--config", str(recipe), "--output_dir", str(tmp_path / "o"), "--model_name_or_path", "x"])
+    merged = tmp_path / "merged.yaml"  # a YAML merge (`<<:`) overridden by the mapping's own key is not a duplicate
+    merged.write_text("base: &b {a: 1, b: 2}\nstage:\n  <<: *b\n  a: 3\n")
+    assert load_yaml_mapping(str(merged))["stage"] == {"a": 3, "b": 2}
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--eval_split_size", "1.5", r"eval_split_size must be a fraction in \[0, 1\)"),
+        ("--max_train_samples", "0", "max_train_samples must be at least 1"),
+    ],
+)
+def test_data_sizes_are_checked_when_parsed(tmp_path, option, value, message):
+    with pytest.raises(RecipeError, match=message):
+        run_sft(tmp_path, "does-not-matter.jsonl", option, value)
