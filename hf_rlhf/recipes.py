@@ -104,7 +104,7 @@ def parse_command_line(
     check_keys([f for f in flags if f != "help"], valid, "command line")
     set_environment(config.pop("env", None), where)
     parser.set_defaults_with_config(**config)
-    return pin_revisions(parser.parse_args_into_dataclasses(args=args))
+    return check_numbers(pin_revisions(parser.parse_args_into_dataclasses(args=args)))
 
 
 def parse_values(types: tuple[type, ...], values: dict[str, Any], where: str) -> tuple:
@@ -129,7 +129,25 @@ def parse_values(types: tuple[type, ...], values: dict[str, Any], where: str) ->
         except (TypeError, ValueError) as e:
             raise RecipeError(f"{where}: key '{key}': {value!r} is not valid ({e})") from None
         converted[key] = value
-    return pin_revisions(parser.parse_dict(converted))
+    return check_numbers(pin_revisions(parser.parse_dict(converted)))
+
+
+def check_numbers(parsed: tuple) -> tuple:
+    """Numbers no trainer can run with, refused when the recipe is parsed (before data or models load): a learning
+    rate that is not positive, a schedule with no optimizer step."""
+    from transformers import TrainingArguments
+
+    for config in parsed:
+        if not isinstance(config, TrainingArguments):
+            continue
+        if not config.learning_rate > 0:
+            raise RecipeError(f"learning_rate must be positive, got {config.learning_rate}")
+        if config.max_steps <= 0 and config.num_train_epochs <= 0:
+            raise RecipeError(
+                f"no optimizer step to take: max_steps is {config.max_steps} and num_train_epochs is "
+                f"{config.num_train_epochs}; set one of them above 0"
+            )
+    return parsed
 
 
 def pin_revisions(parsed: tuple) -> tuple:

@@ -156,3 +156,18 @@ def test_a_key_given_twice_is_refused_naming_file_key_and_line(tmp_path):
 def test_data_sizes_are_checked_when_parsed(tmp_path, option, value, message):
     with pytest.raises(RecipeError, match=message):
         run_sft(tmp_path, "does-not-matter.jsonl", option, value)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--learning_rate=-1e-3"], "learning_rate must be positive, got -0.001"),
+        (["--max_steps", "0", "--num_train_epochs", "0"], "no optimizer step to take"),
+    ],
+)
+def test_numbers_no_trainer_can_run_with_are_refused_when_parsed(tmp_path, extra, message):
+    out = tmp_path / "out"
+    argv = ["--config", SFT_RECIPE, "--dataset_name", "x.jsonl", "--output_dir", str(out), "--model_name_or_path", "x"]
+    with pytest.raises(RecipeError, match=message):
+        sft.main(argv + extra)
+    assert not out.exists()  # nothing was started
