@@ -104,13 +104,9 @@ def finish_stage(
     run_dir = _run_dir(output_dir)
     resolved = {key: r for key, r in ((k, _resolved(v)) for k, v in inputs.items() if k != "sources") if r}
     for key, value in inputs.items():  # a mixture's datasets (`hf_rlhf.data.loading.resolve_dataset`): one each
-        parts = value.get("datasets") if isinstance(value, dict) else None
-        parts = parts or (
-            value.get("name", {}).get("datasets")
-            if isinstance(value, dict) and isinstance(value.get("name"), dict)
-            else None
-        )
-        for index, part in enumerate(parts or []):
+        while isinstance(value, dict) and isinstance(value.get("name"), dict):  # {"name": mixture, "fingerprint"}
+            value = value["name"]
+        for index, part in enumerate(value.get("datasets") or [] if isinstance(value, dict) else []):
             if isinstance(part, ResolvedInput):
                 resolved[f"{key}[{index}]"] = part
     sources = dict(inputs.get("sources") or {})
