@@ -20,7 +20,28 @@ from .ppo.config import PPOConfig
 
 
 @dataclass
-class DataArguments(ScriptArguments):
+class StageArguments:
+    """What every stage's command takes besides its data and trainer: how to treat an existing output, and whose
+    remote code may run."""
+
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace a complete stage already in `output_dir`. The old output stays until the new one is "
+            "complete (built in `<output_dir>.partial`, then swapped in)."
+        },
+    )
+    trust_remote_code_repos: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "With `trust_remote_code`: repos other than the model's whose code a config's `auto_map` may "
+            "name (`org/name` or `org/name@revision`); each is pinned to a resolved commit."
+        },
+    )
+
+
+@dataclass
+class DataArguments(ScriptArguments, StageArguments):
     """TRL's `ScriptArguments` (`dataset_name`, `dataset_config`, `dataset_train_split`, `dataset_test_split`,
     `dataset_streaming`) plus `datasets.load_dataset`'s `data_dir` / `data_files`, TRL-style mixtures, and how a
     stage carves a held-out split and caps its rows.

@@ -43,6 +43,28 @@ class TrainingInterrupted(RuntimeError):
     """Training stopped on SIGTERM after saving a complete checkpoint; the message says how to resume."""
 
 
+class ModelRoleError(ValueError):
+    """A model given for a role it cannot play (a causal LM as reward model, a reward model as policy, an adapter on
+    another base, a head that would be newly initialised): names the path, what it is and what was expected."""
+
+
+class TokenizerMismatchError(ValueError):
+    """Two models that must share a tokenizer (e.g. a value model initialised from the reward model) do not."""
+
+
+class RemoteCodeError(RuntimeError):
+    """Remote model code that is not allowed to run: from a repo the recipe does not list, or not pinnable."""
+
+
+class OutputExistsError(FileExistsError):
+    """An output directory that already holds a complete stage, written to without `--overwrite`."""
+
+
+class OutputWriteError(OSError):
+    """An output that cannot be written (disk full, read-only, no permission): names the path and what is needed;
+    the previous complete output and the last complete checkpoint are kept."""
+
+
 # What `hf-rlhf` reports as one line and exit code 1 (TrainingInterrupted exits with 143, see hf_rlhf.resilience).
 USER_ERRORS = (
     RecipeError,
@@ -51,4 +73,9 @@ USER_ERRORS = (
     IncompleteStageError,
     HubError,
     NonFiniteLossError,
+    ModelRoleError,
+    TokenizerMismatchError,
+    RemoteCodeError,
+    OutputExistsError,
+    OutputWriteError,
 )

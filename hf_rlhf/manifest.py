@@ -3,7 +3,8 @@
 A finished stage directory holds the model, the tokenizer, the card (`README.md`) and `hf_rlhf_manifest.json`: stage
 name, resolved config, metrics, the exact inputs (with the repo and commit of each input read from the Hub), the
 lineage of upstream stages, and `"complete": true`. The manifest is written last and atomically (temporary file, then
-rename), so a directory whose manifest is missing or not complete is never handed to the next stage.
+rename), so a directory whose manifest is missing or not complete is never handed to the next stage. Stages build
+their directory beside `output_dir` and swap it in once complete (`hf_rlhf.outputs`).
 
 Stages pass their inputs explicitly (`ResolvedInput`s, `hf_rlhf.hub.resolve`): sources and lineage are built from
 them alone. Writing a manifest never pushes; a stage asked to push calls `hf_rlhf.hub.push.push_stage` itself, once
@@ -21,9 +22,9 @@ import tempfile
 import time
 from typing import Any
 
-from .data.loading import dataset_fingerprint
 from .errors import IncompleteStageError
-from .hub.cards import inherited_license, write_card
+from .hub import remote_code
+from .hub.cards import inherited_license, render_card, write_card
 from .hub.resolve import ResolvedInput
 
 MANIFEST = "hf_rlhf_manifest.json"
@@ -67,14 +68,6 @@ def config_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(out, default=_jsonable))
 
 
-def start_stage(output_dir: str) -> None:
-    """Mark a stage directory as in progress: any old manifest goes first, so a crash never looks complete."""
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, MANIFEST)
-    if os.path.exists(path):
-        os.remove(path)
-
-
 def finish_stage(
     output_dir: str,
     stage: str,
@@ -84,8 +77,12 @@ def finish_stage(
     metrics: dict[str, Any],
     extra: dict[str, Any] | None = None,
     push: Any = None,
+    final_dir: str | None = None,
 ) -> dict[str, Any]:
     """Write the card and the manifest, last, with the completion flag. Pickled trainer files are removed.
+
+    Stages call `hf_rlhf.outputs.finish_stage`, which writes with this into the partial directory and then swaps it
+    in; called directly, this finishes `output_dir` in place.
 
     Args:
         inputs: input name -> `ResolvedInput` (or `{"name": ResolvedInput, ...}`, e.g. with a dataset fingerprint),
@@ -93,6 +90,8 @@ def finish_stage(
             `"sources"` entry (from another manifest, e.g. a merged adapter's) is kept.
         push: the stage's push request (`hf_rlhf.hub.push.PushRequest`), recorded so that `hf-rlhf push` knows
             where the stage was asked to go. Nothing is pushed here.
+        final_dir: where the stage will be found, when `output_dir` is where it is built (its partial directory,
+            in the same parent): the card is named after it.
 
     Returns:
         `dict`: the manifest.
@@ -122,6 +121,7 @@ def finish_stage(
         "lineage": lineage(resolved, run_dir),
         "metrics": metrics,
         **(extra or {}),
+        **({"remote_code": remote_code.run_records()} if remote_code.run_records() else {}),
         **({"push": push.record()} if push is not None else {}),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "complete": True,
@@ -129,8 +129,12 @@ def finish_stage(
     if stage in CARD_STAGES and stage != "sample":
         base = resolved.get("model") or resolved.get("adapter")
         manifest["license"] = inherited_license(base.path if base else None)
-    if stage in CARD_STAGES:
+    if stage in CARD_STAGES and final_dir is None:
         write_card(output_dir, manifest)
+    elif stage in CARD_STAGES:  # rendered where the files are, named as `write_card` in `final_dir` would name it
+        repo_id = (manifest.get("hub") or manifest.get("push") or {}).get("repo_id")
+        name = repo_id or os.path.basename(os.path.normpath(final_dir))
+        render_card(output_dir, manifest, name).save(os.path.join(output_dir, "README.md"))
     atomic_write_json(os.path.join(output_dir, MANIFEST), manifest)  # last: the completion flag
     return manifest
 
@@ -315,39 +319,3 @@ def require_complete(stage_dir: str) -> dict[str, Any]:
             f"'{stage_dir}' is not a finished stage output (no complete {MANIFEST}); rerun that stage first"
         )
     return manifest
-
-
-def save_trainer_stage(
-    trainer,
-    tokenizer,
-    stage: str,
-    *,
-    data_args,
-    training_args,
-    model_args,
-    train_dataset,
-    metrics: dict[str, Any],
-    inputs: dict[str, Any],
-    extra: dict[str, Any] | None = None,
-    push: Any = None,
-) -> dict[str, Any]:
-    """Save a transformers/TRL trainer's model and the tokenizer, then (main process) the card and manifest.
-
-    `inputs` holds the stage's `ResolvedInput`s, `"model"` and `"dataset"` (the training data) among them; the
-    dataset is recorded with the fingerprint of `train_dataset`. Returns the manifest (`{}` on other processes).
-    """
-    if getattr(trainer, "is_fsdp_enabled", False):  # a sharded state dict would save no weights: gather them
-        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    trainer.save_model(training_args.output_dir)  # every process takes part (sharded models); one writes
-    if not trainer.is_world_process_zero():
-        return {}
-    tokenizer.save_pretrained(training_args.output_dir)
-    return finish_stage(
-        training_args.output_dir,
-        stage,
-        configs={"data": data_args, "training": training_args, "model": model_args},
-        inputs={**inputs, "dataset": {"name": inputs["dataset"], "fingerprint": dataset_fingerprint(train_dataset)}},
-        metrics=metrics,
-        extra=extra,
-        push=push,
-    )

@@ -17,19 +17,32 @@ from typing import Any
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 from trl import ModelConfig
 
-from .manifest import finish_stage, read_manifest, start_stage
+from .manifest import read_manifest
 from .modeling import adapter_base, adapter_task, is_adapter_dir, load_pretrained, load_tokenizer, resolve_model
+from .outputs import check_output, finish_stage, open_output
 from .recipes import RecipeError
+from .storage import check_space, writing
 
 logger = logging.getLogger(__name__)
 
 
-def merge(adapter_dir: str, output_dir: str, *, dtype: str | None = None, trust_remote_code: bool = False) -> dict:
+def merge(
+    adapter_dir: str,
+    output_dir: str,
+    *,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    overwrite: bool = False,
+) -> dict:
     """Merge the adapter in `adapter_dir` into its base and save the full model to `output_dir`.
+
+    Like a stage, it is written in `<output_dir>.partial` and swapped in once complete (`hf_rlhf.outputs`); a
+    complete stage already in `output_dir` is replaced only with `overwrite`.
 
     Returns:
         `dict`: the manifest of the merged output (same stage as the adapter's, with `merged_from`).
     """
+    check_output(output_dir, overwrite)  # before anything loads
     adapter = resolve_model(adapter_dir, "adapter")
     path = adapter.path
     if not is_adapter_dir(path):
@@ -38,7 +51,7 @@ def merge(adapter_dir: str, output_dir: str, *, dtype: str | None = None, trust_
         raise RecipeError("merge: `output_dir` must differ from the adapter directory")
     reward = adapter_task(path) == "SEQ_CLS"
     model_class = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
-    start_stage(output_dir)
+    partial = open_output(output_dir, overwrite)
     model = load_pretrained(
         model_class,
         path,
@@ -47,13 +60,15 @@ def merge(adapter_dir: str, output_dir: str, *, dtype: str | None = None, trust_
         quantize=False,
         **({"num_labels": 1} if reward else {}),
     )
-    model.save_pretrained(output_dir, safe_serialization=True)
-    load_tokenizer(path, trust_remote_code=trust_remote_code).save_pretrained(output_dir)
+    check_space(partial, model)  # the merged weights fit on the disk, or a one-line error
+    with writing(partial):
+        model.save_pretrained(partial, safe_serialization=True)
+        load_tokenizer(path, trust_remote_code=trust_remote_code).save_pretrained(partial)
     source = read_manifest(path) or {}
     merged_from = {"adapter": adapter_dir, "base": adapter_base(path)}
     logger.info("merged %s into %s -> %s", adapter_dir, merged_from["base"], output_dir)
     return finish_stage(
-        output_dir,
+        partial,
         source.get("stage", "merge"),
         configs=source.get("configs", {}),
         inputs={**source.get("inputs", {}), "adapter": adapter},
@@ -69,7 +84,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("output_dir", help="Where to write the merged full model.")
     parser.add_argument("--dtype", default=None, help="Dtype of the merged weights (default: the base's).")
     parser.add_argument("--trust_remote_code", action="store_true", help="Allow custom model code.")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="Replace a complete stage in OUTPUT_DIR (kept until the new one is)."
+    )
     args = parser.parse_args(argv)
-    manifest = merge(args.adapter_dir, args.output_dir, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    manifest = merge(
+        args.adapter_dir,
+        args.output_dir,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        overwrite=args.overwrite,
+    )
     print(f"merged {args.adapter_dir} -> {args.output_dir} ({manifest['stage']} model, full weights)")
     return manifest

@@ -26,31 +26,17 @@ from transformers import (
 )
 from trl import ModelConfig
 
-from .errors import HubInputError, ModelNotFoundError
-from .hub.resolve import ResolvedInput, is_hub_id, parse_hub_id, resolve_input
+from .checks import check_weights
+from .errors import ModelNotFoundError, ModelRoleError
+from .hub.remote_code import from_pretrained_pinned
+from .hub.resolve import parse_hub_id
+from .model_roles import check_role, resolve_model, resolve_model_path  # noqa: F401 (re-exported)
+from .quantization import quantization_kwargs
 from .tokenizer import PAD_TOKEN
 
 logger = logging.getLogger(__name__)
 ADAPTER_CONFIG = "adapter_config.json"
 SCORE_BIAS_FLAG = "hf_rlhf_score_bias"  # config attribute: the head carries a bias saved as `score.bias`
-
-
-def resolve_model(name_or_path: str, what: str = "model", revision: str | None = None) -> ResolvedInput:
-    """A model input (tokenizer, adapter...) as a `ResolvedInput`: a local directory, or a Hub repo
-    `org/name[@revision]` (`revision`: a `*_revision` option) with the exact commit it was downloaded at."""
-    if not os.path.isdir(name_or_path) and not is_hub_id(name_or_path):
-        raise ModelNotFoundError(
-            f"{what} path '{name_or_path}' does not exist (expected a local directory or a Hub repo id "
-            "'org/name[@revision]')"
-        )
-    try:
-        return resolve_input(name_or_path, revision, repo_type="model", what=what)
-    except HubInputError as e:
-        raise ModelNotFoundError(str(e)) from None
-
-
-def resolve_model_path(name_or_path: str, what: str = "model", revision: str | None = None) -> str:
-    return resolve_model(name_or_path, what, revision).path
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -62,11 +48,18 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 
 def load_tokenizer(
-    name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False
+    name_or_path: str,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    trust_remote_code_repos: list[str] | None = None,
 ) -> PreTrainedTokenizerBase:
-    """Load a tokenizer (local directory or Hub `org/name[@revision]`); make sure PAD exists and differs from EOS."""
-    path = resolve_model_path(name_or_path, "tokenizer", revision)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    """Load a tokenizer (local directory or Hub `org/name[@revision]`); make sure PAD exists and differs from EOS.
+    Remote code is checked and pinned (`hf_rlhf.hub.remote_code`)."""
+    source = resolve_model(name_or_path, "tokenizer", revision)
+    tokenizer = from_pretrained_pinned(
+        AutoTokenizer, source, trust_remote_code, trust_remote_code_repos, what="tokenizer"
+    )
     ensure_pad_token(tokenizer)
     return tokenizer
 
@@ -107,35 +100,6 @@ def model_from_config(
     return AutoModelForCausalLM.from_config(config)
 
 
-def quantization_kwargs(model_args: ModelConfig) -> dict[str, Any]:
-    """`from_pretrained` keyword arguments for bitsandbytes 4/8-bit loading (`{}` when not quantized).
-
-    Built with TRL's `get_quantization_config` from `load_in_4bit`, `load_in_8bit`, `bnb_4bit_quant_type`,
-    `use_bnb_nested_quant` and `dtype` (the 4-bit compute dtype). Each process loads its copy on its own device.
-    """
-    if model_args.load_in_4bit and model_args.load_in_8bit:
-        raise ValueError("choose one of `load_in_4bit` and `load_in_8bit`")
-    if not (model_args.load_in_4bit or model_args.load_in_8bit):
-        return {}
-    if model_args.dtype in (None, "auto"):
-        model_args.dtype = "bfloat16" if torch.cuda.is_available() else "float32"
-    from accelerate import PartialState
-    from trl import get_quantization_config
-
-    if torch.cuda.is_available():
-        return {
-            "quantization_config": get_quantization_config(model_args),
-            "device_map": {"": PartialState().local_process_index},
-        }
-    # On CPU the unquantized tensors (embeddings, head, norms) would stay views into the memory-mapped checkpoint,
-    # which keeps every page of the full-precision file resident: read it once instead, and let it go.
-    return {
-        "quantization_config": get_quantization_config(model_args),
-        "device_map": {"": "cpu"},
-        "disable_mmap": True,
-    }
-
-
 def is_quantized(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
@@ -164,6 +128,7 @@ def load_pretrained(
     *,
     model_args: ModelConfig | None = None,
     trust_remote_code: bool = False,
+    trust_remote_code_repos: list[str] | None = None,
     quantize: bool = True,
     **kwargs: Any,
 ) -> PreTrainedModel:
@@ -173,23 +138,29 @@ def load_pretrained(
     base (resolved from its adapter config, recursively: a LoRA reward model on a LoRA SFT model on a pretrained
     base) and merged, so the result is the model the adapter stands for. With quantization (`model_args`), an
     adapter is first merged in full precision into a temporary directory, which is then loaded quantized.
-    Safetensors only; dtype, attention and quantization from `model_args`.
+    Safetensors only; dtype, attention and quantization from `model_args`; remote code checked and pinned
+    (`hf_rlhf.hub.remote_code`: another repo's only if `trust_remote_code_repos` lists it).
     """
     args = model_args or ModelConfig(dtype=None)
     revision = args.model_revision if name_or_path == args.model_name_or_path else None
-    path = resolve_model_path(name_or_path, revision=None if revision in (None, "main") else revision)
+    source = resolve_model(name_or_path, revision=None if revision in (None, "main") else revision)
+    check_weights(source, required=True)  # a missing, truncated or corrupt weights file, named
+    path = source.path
     quant = quantization_kwargs(args) if quantize else {}
     common = {"model_args": args, "trust_remote_code": trust_remote_code, **kwargs}
+    common["trust_remote_code_repos"] = trust_remote_code_repos
     if is_adapter_dir(path) and quant:
         model = load_pretrained(model_class, merged_model_dir(path, trust_remote_code), **common)
     elif is_adapter_dir(path):
         model = merge_adapter(path, model_class, **common)
     else:
-        model = model_class.from_pretrained(
-            path,
+        model = from_pretrained_pinned(
+            model_class,
+            source,
+            trust_remote_code,
+            trust_remote_code_repos,
             dtype=torch_dtype(args.dtype),
             attn_implementation=args.attn_implementation,
-            trust_remote_code=trust_remote_code,
             use_safetensors=True,
             **quant,
             **kwargs,
@@ -216,7 +187,13 @@ def merge_adapter(path: str, model_class: type, *, model_args: ModelConfig | Non
         merged = merged_model_dir(path, kwargs.get("trust_remote_code", False))
         return load_pretrained(model_class, merged, model_args=model_args, quantize=False, **kwargs)
     base = load_pretrained(model_class, adapter_base(path), model_args=model_args, quantize=False, **kwargs)
-    peft_model = PeftModel.from_pretrained(base, path, is_trainable=False)
+    try:
+        peft_model = PeftModel.from_pretrained(base, path, is_trainable=False)
+    except (RuntimeError, ValueError) as e:  # shapes or module names of another base
+        raise ModelRoleError(
+            f"adapter '{path}' does not fit its base '{adapter_base(path)}' (trained on another model?): "
+            f"{str(e).splitlines()[0][:300]}"
+        ) from None
     restore_score_bias(peft_model, path)
     model = peft_model.merge_and_unload()
     head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
@@ -269,17 +246,27 @@ def reward_head(model: PreTrainedModel) -> nn.Linear:
 
 
 def load_reward_model(
-    path: str, *, trust_remote_code: bool = False, dtype: Any = None, model_args: Any = None
+    path: str,
+    *,
+    trust_remote_code: bool = False,
+    dtype: Any = None,
+    model_args: Any = None,
+    require_trained_head: bool = True,
+    what: str = "reward model",
 ) -> PreTrainedModel:
     """Load a reward (or value) model: `AutoModelForSequenceClassification` with one label, safetensors only.
 
     `path` is a full reward model or a LoRA reward adapter (merged into its base). `model_args` (TRL's
     `ModelConfig`) may ask for dtype and 4/8-bit quantization. Restores the head bias written by `shift_reward`.
+    A model that is not a reward model is refused before it loads (`hf_rlhf.model_roles`); with
+    `require_trained_head=False` (a head the stage trains: the reward stage's SFT model, PPO's value model) any
+    model may start it.
     """
     from transformers.utils import logging as hf_logging
     from trl import ModelConfig
 
-    path = resolve_model_path(path, "reward model")
+    shown, path = path, resolve_model_path(path, "reward model")
+    check_role(path, "reward_model" if require_trained_head else "init", what, shown)
     model_args = model_args or ModelConfig(dtype=dtype)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # `score.bias` would be reported as unexpected; it is restored below
@@ -332,9 +319,11 @@ def load_causal_lm(
 
     If the tokenizer has more tokens than the embedding (a PAD token was added), the embeddings are resized.
     """
+    name_or_path = name_or_path or model_args.model_name_or_path
+    check_role(resolve_model_path(name_or_path), "policy", "model", name_or_path)
     model = load_pretrained(
         AutoModelForCausalLM,
-        name_or_path or model_args.model_name_or_path,
+        name_or_path,
         model_args=model_args,
         trust_remote_code=trust_remote_code,
         quantize=quantize,

@@ -26,13 +26,24 @@ from typing import Any
 from transformers import HfArgumentParser
 
 from .data.world import WORLD_DATASETS, build_world_datasets, read_world
+from .errors import RecipeError
 from .eval.report import build_report, write_report
 from .hub import resolve as hub  # hub.use_endpoint
 from .hub.publish import hub_options, publish_evaluation, publish_stage, publish_world, pull_upstream
 from .manifest import MANIFEST, atomic_write_json, is_complete, read_manifest, require_complete
-from .recipes import PipelineRecipe, check_keys, load_pipeline_recipe, parse_values, parser_keys, to_cli_args
+from .outputs import recover_output
+from .recipes import (
+    PipelineRecipe,
+    check_keys,
+    load_pipeline_recipe,
+    parse_values,
+    parser_actions,
+    to_cli_args,
+    typed_values,
+)
 from .resilience import last_complete_checkpoint, process_state
 from .stages import STAGES
+from .storage import partial_dir, writing
 
 logger = logging.getLogger(__name__)
 
@@ -77,13 +88,47 @@ def command_line(recipe: PipelineRecipe, name: str, values: dict[str, Any]) -> s
 
 
 def check_stage_keys(recipe: PipelineRecipe) -> None:
-    """Every stage's recipe and overrides hold only keys its dataclasses know: checked before anything runs."""
+    """Every stage checked before anything runs (before the world is generated), each error naming the pipeline
+    recipe, the stage and the file a value came from: keys its dataclasses know, values of the types they expect,
+    numbers a run can use (`parse_values`), inputs that a listed stage or the world provides, and the stage's own
+    `check_arguments`, all on the values the pipeline will pass it."""
+    pulled = recipe.hub is not None and recipe.hub.pull  # stages the recipe does not list are read from the Hub
+    planned = {n: os.path.join(recipe.output_dir, n) for n in STAGES if n in recipe.stages or pulled}
+    if recipe.world is not None:
+        planned.update({n: os.path.join(recipe.world.output_dir, n) for n in WORLD_DATASETS})
     for name, spec in recipe.stages.items():
+        where = f"pipeline recipe '{recipe.path}', stage '{name}'"
         values = {**(spec.get("values") or {}), **(spec.get("overrides") or {})}
-        valid = parser_keys(HfArgumentParser(STAGES[name].arguments(values.get("algorithm"))))
-        if "recipe" in spec:
-            check_keys(spec.get("values") or {}, valid, f"recipe file '{spec['recipe']}' (stage '{name}')")
-        check_keys(spec.get("overrides") or {}, valid, f"pipeline recipe '{recipe.path}', stage '{name}', overrides")
+        actions = parser_actions(HfArgumentParser(STAGES[name].arguments(values.get("algorithm"))))
+        origins: dict[str, str] = {}
+        parts = [(spec.get("values"), f"recipe file '{spec.get('recipe')}' (stage '{name}')")]
+        for part, origin in [*parts, (spec.get("overrides"), f"{where}, overrides")]:
+            check_keys(part or {}, set(actions), origin)
+            typed_values(part or {}, actions, origin)
+            origins.update(dict.fromkeys(part or {}, origin))
+        check_stage_inputs(recipe, name, values, planned)
+        parsed = parse_values(
+            STAGES[name].arguments(values.get("algorithm")), stage_values(recipe, name, planned), where, origins
+        )
+        try:
+            STAGES[name].module.check_arguments(*parsed)
+        except RecipeError as e:
+            raise RecipeError(f"{where}: {e}") from None
+
+
+def check_stage_inputs(recipe: PipelineRecipe, name: str, values: dict[str, Any], planned: dict[str, str]) -> None:
+    """A stage's model and data come from its own values, or from a stage or tiny-world dataset the recipe provides
+    (`planned`: what will exist by then); else a `RecipeError` saying which stage or section is missing."""
+    stage, where = STAGES[name], f"pipeline recipe '{recipe.path}', stage '{name}'"
+    for option, source in (("model_name_or_path", stage.model_from), ("dataset_name", stage.data_from)):
+        given = values.get(option) or (option == "dataset_name" and values.get("datasets"))
+        if source is None or source in planned or given:
+            continue
+        missing = f"stage '{source}', which the recipe does not list" if source in STAGES else None
+        missing = missing or f"the tiny world's '{source}', and the recipe has no 'world' section"
+        raise RecipeError(
+            f"{where}: its '{option}' comes from {missing}: add it, or set '{option}' in this stage's overrides"
+        )
 
 
 def _digest(values: dict[str, Any], upstream: list[Any]) -> str:
@@ -93,28 +138,32 @@ def _digest(values: dict[str, Any], upstream: list[Any]) -> str:
     return hashlib.sha256(json.dumps(payload, default=str).encode()).hexdigest()[:16]
 
 
-RUN_RECORD = ".hf_rlhf_run.json"  # in a stage directory: the pipeline arguments its current run started with
+RUN_RECORD = ".hf_rlhf_run.json"  # in `<stage>.partial`: the pipeline arguments its current run started with
 
 
 def resumable_checkpoint(stage_dir: str, digest: str) -> str | None:
-    """The newest complete checkpoint of an unfinished run of this stage started with the same arguments, or None."""
-    path = os.path.join(stage_dir, RUN_RECORD)
+    """The newest complete checkpoint of an unfinished run of this stage started with the same arguments, or None:
+    the run is built in `<stage_dir>.partial` (`hf_rlhf.outputs`), its checkpoints and `RUN_RECORD` with it."""
+    path = os.path.join(partial_dir(stage_dir), RUN_RECORD)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
         if json.load(f).get("pipeline_args_hash") != digest:
             return None
-    return last_complete_checkpoint(stage_dir)
+    return last_complete_checkpoint(partial_dir(stage_dir))
 
 
 def start_run(stage_dir: str, digest: str) -> None:
-    """A stage starts from scratch: checkpoints of an earlier run (other arguments) go, and its arguments are noted."""
-    old = [d for d in glob.glob(os.path.join(stage_dir, "checkpoint-*")) if os.path.isdir(d)]
+    """A stage starts from scratch: checkpoints of an earlier unfinished run (other arguments) go, and its arguments
+    are noted; a complete output in `stage_dir` stays until the new run replaces it."""
+    partial = partial_dir(stage_dir)
+    old = [d for d in glob.glob(os.path.join(partial, "checkpoint-*")) if os.path.isdir(d)]
     if old:
-        _say(f"[hf-rlhf] discarding {len(old)} checkpoint(s) of an earlier run in {stage_dir}")
+        _say(f"[hf-rlhf] discarding {len(old)} checkpoint(s) of an earlier run in {partial}")
     for path in old:
         shutil.rmtree(path, ignore_errors=True)
-    atomic_write_json(os.path.join(stage_dir, RUN_RECORD), {"pipeline_args_hash": digest})
+    with writing(partial):
+        atomic_write_json(os.path.join(partial, RUN_RECORD), {"pipeline_args_hash": digest})
 
 
 def on_main(fn: Any, *args: Any) -> Any:
@@ -152,7 +201,7 @@ def merged_output(stage_dir: str) -> str:
         from .merge import merge
 
         print(f"[hf-rlhf] merge: hf-rlhf merge {stage_dir} {merged}")
-        manifest = merge(stage_dir, merged)
+        manifest = merge(stage_dir, merged, overwrite=True)  # a merge of an earlier run of the stage is replaced
         manifest["merged_from"]["finished_at"] = source.get("finished_at")
         atomic_write_json(os.path.join(merged, MANIFEST), manifest)
     return merged
@@ -184,10 +233,15 @@ def _run_pipeline(recipe: PipelineRecipe, overwrite: bool) -> dict[str, Any]:
         upstream = [asdict(recipe.world) if recipe.world is not None else None]
         upstream += [read_manifest(d).get("finished_at") for n, d in stage_dirs.items() if {d, refs.get(n)} & read]
         digest = _digest(values, upstream)
-        if not overwrite and is_complete(out_dir) and read_manifest(out_dir).get("pipeline_args_hash") == digest:
+        on_main(recover_output, out_dir)  # a swap a crash cut short is finished first (hf_rlhf.outputs)
+        complete = is_complete(out_dir)
+        if not overwrite and complete and read_manifest(out_dir).get("pipeline_args_hash") == digest:
             _say(f"[hf-rlhf] {name}: already complete in {out_dir}, skipped")
         else:
-            run_stage(recipe, name, values, digest, resume=not overwrite)
+            if complete:  # replaced deliberately: the stage is told to overwrite it
+                why = "--overwrite" if overwrite else f"recipe or inputs changed since the complete run in {out_dir}"
+                _say(f"[hf-rlhf] {name}: {why}; rerunning, the old output stays until the new one is complete")
+            run_stage(recipe, name, values, digest, resume=not overwrite, overwrite=complete)
         stage_dirs[name] = on_main(merged_output, out_dir) if recipe.stages[name].get("merge") else out_dir
         refs.update(on_main(publish_stage, recipe, name, out_dir))
 
@@ -212,9 +266,14 @@ def make_world(recipe: PipelineRecipe, overwrite: bool) -> dict[str, str]:
         return {n: os.path.join(recipe.world.output_dir, n) for n in WORLD_DATASETS}
 
 
-def run_stage(recipe: PipelineRecipe, name: str, values: dict[str, Any], digest: str, resume: bool) -> None:
-    """Run one stage from its values, resuming an interrupted run made with the same values; mark it with `digest`."""
+def run_stage(
+    recipe: PipelineRecipe, name: str, values: dict[str, Any], digest: str, resume: bool, overwrite: bool = False
+) -> None:
+    """Run one stage from its values, resuming an interrupted run made with the same values; mark it with `digest`.
+    With `overwrite` the stage replaces the complete output in its directory (kept until the new one is complete)."""
     out_dir = values["output_dir"]
+    if overwrite:
+        values = {**values, "overwrite": True}
     checkpoint = resumable_checkpoint(out_dir, digest) if resume else None
     process_state().wait_for_everyone()  # every process has decided before the main one changes the directory
     if checkpoint:

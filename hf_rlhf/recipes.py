@@ -103,50 +103,136 @@ def parse_command_line(
     flags = [a[2:].split("=", 1)[0].replace("-", "_") for a in args if a.startswith("--")]
     check_keys([f for f in flags if f != "help"], valid, "command line")
     set_environment(config.pop("env", None), where)
-    parser.set_defaults_with_config(**config)
-    return check_numbers(pin_revisions(parser.parse_args_into_dataclasses(args=args)))
+    parser.set_defaults_with_config(**typed_values(config, parser_actions(parser), where))
+    origins = {**dict.fromkeys(config, where), **dict.fromkeys(flags, "command line")}
+    return check_numbers(pin_revisions(parser.parse_args_into_dataclasses(args=args)), origins)
 
 
-def parse_values(types: tuple[type, ...], values: dict[str, Any], where: str) -> tuple:
+def parse_values(
+    types: tuple[type, ...], values: dict[str, Any], where: str, origins: dict[str, str] | None = None
+) -> tuple:
     """A stage's dataclasses from a mapping of values (a recipe's, the pipeline's wiring, overrides), parsed once.
 
-    Strings are converted by the parser's own types (as `TrlParser` does for YAML values, e.g. `1e-3`), unknown keys
-    are reported with `where` and a suggestion, and `env:` sets environment variables.
+    Strings are converted by the parser's own types (as `TrlParser` does for YAML values, e.g. `1e-3`), a value of
+    the wrong type (a list or a word where a number is expected) and unknown keys are reported with `where` (or the
+    key's entry in `origins`: the file it came from) and a suggestion, and `env:` sets environment variables.
     """
     values = dict(values)
     set_environment(values.pop("env", None), where)
     parser = HfArgumentParser(types)
-    actions = {action.dest: action for action in parser._actions if action.dest != "help"}
+    actions = parser_actions(parser)
     check_keys(values, set(actions), where)
+    origins = origins or {}
     converted = {}
     for key, value in values.items():
-        convert = actions[key].type
+        converted.update(typed_values({key: value}, actions, origins.get(key, where)))
+    return check_numbers(pin_revisions(parser.parse_dict(converted)), {**dict.fromkeys(values, where), **origins})
+
+
+def parser_actions(parser: HfArgumentParser) -> dict[str, Any]:
+    """The parser's options by name (`argparse` actions: their `type`, `nargs` and `choices`)."""
+    return {action.dest: action for action in parser._actions if action.dest != "help"}
+
+
+def typed_values(values: dict[str, Any], actions: dict[str, Any], where: str) -> dict[str, Any]:
+    """Recipe values converted by the parser's types, as the command line would be; a `RecipeError` naming `where`,
+    the key and the type expected for a value no conversion fits (`num_train_epochs: [1, 2]`, `max_steps: ten`,
+    `per_device_train_batch_size: 2.5`, `lr_scheduler_type: cosnie`)."""
+    out = {}
+    for key, value in values.items():
+        action = actions.get(key)
+        if action is None or value is None:
+            out[key] = value
+        elif action.nargs in ("+", "*"):  # a list option: a list of items, or one item
+            items = [_typed(key, v, action, where) for v in (value if isinstance(value, list) else [value])]
+            out[key] = items if isinstance(value, list) else items[0]
+        else:
+            out[key] = _typed(key, value, action, where)
+    return out
+
+
+def _typed(key: str, value: Any, action: Any, where: str) -> Any:
+    from argparse import ArgumentTypeError
+
+    convert, shown = action.type, f"{value!r}" + (f" (a {type(value).__name__})" if isinstance(value, list) else "")
+    flag = getattr(convert, "__name__", None) == "string_to_bool"  # transformers' and TRL's copy of it
+    expected = "true or false" if flag else {int: "an integer", float: "a number"}.get(convert)
+    if expected is not None:  # numbers and flags: the value's own type must fit, not only a string's
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if convert is int and number and float(value).is_integer():
+            return int(value)
+        if (convert is float and number) or (flag and isinstance(value, bool)):
+            return value
+        if not isinstance(value, str):
+            raise RecipeError(f"{where}: key '{key}' expects {expected}, got {shown}")
+    if isinstance(value, str) and convert is not None:
         try:
-            if isinstance(value, str) and convert is not None:
-                value = convert(value)
-            elif isinstance(value, list) and convert is not None:
-                value = [convert(v) if isinstance(v, str) else v for v in value]
-        except (TypeError, ValueError) as e:
-            raise RecipeError(f"{where}: key '{key}': {value!r} is not valid ({e})") from None
-        converted[key] = value
-    return check_numbers(pin_revisions(parser.parse_dict(converted)))
+            value = convert(value)
+        except (TypeError, ValueError, ArgumentTypeError):
+            raise RecipeError(f"{where}: key '{key}' expects {expected or convert.__name__}, got {shown}") from None
+    if action.choices is not None and value not in action.choices:
+        choices = [str(c) for c in action.choices]
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise RecipeError(f"{where}: key '{key}' is {shown}: expected one of {', '.join(choices)}.{hint}")
+    return value
 
 
-def check_numbers(parsed: tuple) -> tuple:
-    """Numbers no trainer can run with, refused when the recipe is parsed (before data or models load): a learning
-    rate that is not positive, a schedule with no optimizer step."""
+# Counts no run can use below these (`option: minimum`), checked on every parsed dataclass that has the option.
+AT_LEAST = {
+    **dict.fromkeys(("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"), 1),
+    **dict.fromkeys(("batch_size", "rollout_forward_batch_size", "num_mini_batches", "num_ppo_epochs"), 1),
+    **dict.fromkeys(("max_new_tokens", "max_completion_length", "max_length", "max_prompt_length", "block_size"), 1),
+    **dict.fromkeys(("max_prompts", "reference_max_samples", "calibration_bins"), 1),
+    "num_completions": 2,
+}
+
+
+def check_numbers(parsed: tuple, origins: dict[str, str] | None = None) -> tuple:
+    """Numbers no stage can run with, refused when the recipe is parsed (before data or models load): a learning
+    rate that is not positive, a schedule with no optimizer step, a count below `AT_LEAST`, a negative sampling
+    temperature (0 samples greedily; trainers divide logits by it, so there it must be positive), a split fraction
+    outside [0, 1), a negative KL coefficient. `origins` maps an option to where it was set (file or command line),
+    named in the error."""
     from transformers import TrainingArguments
 
+    from .tokenizer import SPECIAL_TOKENS
+
+    def fail(key: str, message: str) -> None:
+        where = (origins or {}).get(key)
+        raise RecipeError(f"{where}: {message}" if where else message)
+
+    def number(config: Any, key: str) -> float | None:
+        value = getattr(config, key, None)
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
     for config in parsed:
-        if not isinstance(config, TrainingArguments):
+        for key, low in AT_LEAST.items():
+            value = number(config, key)
+            if value is not None and value < low:
+                fail(key, f"{key} must be at least {low}, got {value}")
+        trainer = isinstance(config, TrainingArguments)
+        temperature = number(config, "temperature")
+        if temperature is not None and (temperature <= 0 if trainer else temperature < 0):
+            bound = "positive" if trainer else "at least 0 (0 samples greedily)"
+            fail("temperature", f"temperature must be {bound}, got {temperature}")
+        split = number(config, "test_split_size")
+        if split is not None and not 0 <= split < 1:
+            fail("test_split_size", f"test_split_size must be a fraction in [0, 1), got {split}")
+        if (number(config, "kl_coef") or 0) < 0:
+            fail("kl_coef", f"kl_coef must be at least 0, got {config.kl_coef}")
+        vocab = number(config, "vocab_size")
+        if vocab is not None and vocab < 256 + len(SPECIAL_TOKENS):
+            low = 256 + len(SPECIAL_TOKENS)
+            fail("vocab_size", f"vocab_size must be at least {low} (256 bytes and the special tokens), got {vocab}")
+        if not trainer:
             continue
         if not config.learning_rate > 0:
-            raise RecipeError(f"learning_rate must be positive, got {config.learning_rate}")
+            fail("learning_rate", f"learning_rate must be positive, got {config.learning_rate}")
         if config.max_steps <= 0 and config.num_train_epochs <= 0:
-            raise RecipeError(
-                f"no optimizer step to take: max_steps is {config.max_steps} and num_train_epochs is "
-                f"{config.num_train_epochs}; set one of them above 0"
-            )
+            key = "max_steps" if "max_steps" in (origins or {}) else "num_train_epochs"
+            steps = f"max_steps is {config.max_steps} and num_train_epochs is {config.num_train_epochs}"
+            fail(key, f"no optimizer step to take: {steps}; set one of them above 0")
     return parsed
 
 

@@ -6,6 +6,9 @@
   process has finished writing and its files are fsync'd: only a checkpoint with that marker counts. Resuming picks
   the newest complete one, incomplete ones are removed when training starts, and `save_total_limit` counts complete
   checkpoints only (rotation happens after marking, so a crash never leaves fewer complete checkpoints than asked).
+  A stage's trainer writes in the stage's partial directory (`hf_rlhf.outputs`), so resuming finds an unfinished
+  run's checkpoints there; a save that fails for want of space or permission is a one-line `OutputWriteError` that
+  keeps the last complete checkpoint, and the space the model needs is checked when training starts.
 - **NaN/inf loss.** The loss of every micro-batch is checked; at each optimizer step the processes agree (one small
   gather), and a non-finite loss stops the stage with `NonFiniteLossError` before the optimizer step: no checkpoint
   and no final model are saved from that state, and the stage's manifest is not written.
@@ -26,7 +29,6 @@ import functools
 import logging
 import math
 import os
-import re
 import shutil
 import signal
 import threading
@@ -39,13 +41,24 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .errors import NonFiniteLossError, RecipeError, TrainingInterrupted
-from .manifest import atomic_write_json
+from .manifest import atomic_write_json, is_complete
+from .storage import (  # where checkpoints are found: hf_rlhf.storage (used here and through this module)
+    CHECKPOINT_MARKER,
+    check_space,
+    checkpoints,
+    complete_checkpoints,
+    final_dir,
+    fsync_dir,
+    fsync_tree,
+    is_complete_checkpoint,
+    is_partial,
+    last_complete_checkpoint,
+    writing,
+)
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_MARKER = "hf_rlhf_checkpoint.json"
 INTERRUPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
 # ------------------------------------------------------------------------------------------------ processes
@@ -76,30 +89,6 @@ def use_cpu_if_no_accelerator() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-def checkpoints(output_dir: str) -> list[str]:
-    """Every `checkpoint-<step>` directory in `output_dir`, complete or not, oldest step first."""
-    if not output_dir or not os.path.isdir(output_dir):
-        return []
-    found = [(int(m.group(1)), name) for name in os.listdir(output_dir) if (m := _CHECKPOINT.match(name))]
-    return [
-        os.path.join(output_dir, name) for _, name in sorted(found) if os.path.isdir(os.path.join(output_dir, name))
-    ]
-
-
-def is_complete_checkpoint(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, CHECKPOINT_MARKER))
-
-
-def complete_checkpoints(output_dir: str) -> list[str]:
-    """The checkpoints whose saving finished (marker present), oldest step first."""
-    return [path for path in checkpoints(output_dir) if is_complete_checkpoint(path)]
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    found = complete_checkpoints(output_dir)
-    return found[-1] if found else None
-
-
 def remove_incomplete_checkpoints(output_dir: str, keep: str | None = None) -> list[str]:
     """Delete checkpoints that were never marked complete (a crash or kill while saving); returns them."""
     removed = []
@@ -111,26 +100,6 @@ def remove_incomplete_checkpoints(output_dir: str, keep: str | None = None) -> l
     return removed
 
 
-def fsync_tree(path: str) -> None:
-    """Flush every file under `path`, and the directories themselves, to disk."""
-    for root, _, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(root)
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. directories cannot be opened on Windows
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def mark_checkpoint_complete(path: str, step: int) -> None:
     """Flush the checkpoint's files, then write its marker (temporary file, fsync, rename): the last thing written."""
     fsync_tree(path)
@@ -138,7 +107,7 @@ def mark_checkpoint_complete(path: str, step: int) -> None:
         os.path.join(path, CHECKPOINT_MARKER),
         {"step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     )
-    _fsync_dir(path)
+    fsync_dir(path)
 
 
 def unmark_checkpoint(path: str) -> None:
@@ -146,7 +115,7 @@ def unmark_checkpoint(path: str) -> None:
     marker = os.path.join(path, CHECKPOINT_MARKER)
     if os.path.exists(marker):
         os.remove(marker)
-        _fsync_dir(path)
+        fsync_dir(path)
 
 
 def rotate_checkpoints(output_dir: str, limit: int | None, protect: tuple[str | None, ...] = ()) -> None:
@@ -175,28 +144,35 @@ def saving_checkpoint(
     Before: its marker is removed (a folder written again is not complete) and every process waits, so none writes
     into a folder that still looks complete. After: every process waits until all have written (e.g. each its RNG
     state), then the saving process (`saves`, the main one) marks it complete and rotates to `limit` complete
-    checkpoints, never deleting this one or those in `protect`. An exception in the body leaves it unmarked.
+    checkpoints, never deleting this one or those in `protect`. An exception in the body leaves it unmarked; a write
+    that fails for want of space or permission is an `OutputWriteError` (`hf_rlhf.storage.writing`).
     """
-    if saves:
-        unmark_checkpoint(folder)
-    wait_for_everyone()
-    yield
-    wait_for_everyone()
-    if saves:
-        mark_checkpoint_complete(folder, step)
-        rotate_checkpoints(os.path.dirname(folder), limit, protect=(folder, *protect))
+    with writing(folder):  # a full disk or lost permission: one line (`OutputWriteError`), older ones kept
+        if saves:
+            unmark_checkpoint(folder)
+        wait_for_everyone()
+        yield
+        wait_for_everyone()
+        if saves:
+            mark_checkpoint_complete(folder, step)
+            rotate_checkpoints(os.path.dirname(folder), limit, protect=(folder, *protect))
 
 
 def resolve_resume(output_dir: str, resume_from_checkpoint: str | bool | None) -> str | None:
-    """The checkpoint to resume from: `True` (or "true"/"latest") is the newest complete one in `output_dir`."""
+    """The checkpoint to resume from: `True` (or "true"/"latest") is the newest complete one in `output_dir`.
+
+    A stage's trainer writes in its partial directory (`hf_rlhf.outputs`): an unfinished run's checkpoints are
+    there; without any, those of the stage's complete (or older, unfinished) output beside it count.
+    """
     if resume_from_checkpoint in (None, False, "", "false", "False"):
         return None
     if resume_from_checkpoint is True or str(resume_from_checkpoint).lower() in ("true", "latest"):
-        found = last_complete_checkpoint(output_dir)
+        places = [output_dir] + ([final_dir(output_dir)] if is_partial(output_dir) else [])
+        found = next((c for c in map(last_complete_checkpoint, places) if c), None)
         if found is None:
             raise RecipeError(
-                f"resume_from_checkpoint: no complete checkpoint in '{output_dir}' (a checkpoint counts once "
-                f"{CHECKPOINT_MARKER} is in it); unset resume_from_checkpoint to start from scratch"
+                f"resume_from_checkpoint: no complete checkpoint in {' or '.join(map(repr, places))} (a checkpoint "
+                f"counts once {CHECKPOINT_MARKER} is in it); unset resume_from_checkpoint to start from scratch"
             )
         return found
     path = str(resume_from_checkpoint)
@@ -245,10 +221,14 @@ class StopRequest:
 
 def interrupted_message(where: str, step: int, max_steps: int, checkpoint: str | None) -> str:
     saved = f"saved {checkpoint}" if checkpoint else "no checkpoint could be saved"
+    replacing = is_partial(where) and is_complete(final_dir(where))
+    overwrite = (
+        f" (and --overwrite: the complete output in {final_dir(where)} is kept until then)" if replacing else ""
+    )
     return (
         f"{where}: stopped by SIGTERM after step {step} of {max_steps}; {saved}. To continue from it, rerun the same "
-        "command with --resume_from_checkpoint true, or rerun the same `hf-rlhf pipeline` command (it resumes this "
-        "stage and skips the finished ones)."
+        f"command with --resume_from_checkpoint true{overwrite}, or rerun the same `hf-rlhf pipeline` command (it "
+        "resumes this stage and skips the finished ones)."
     )
 
 
@@ -280,7 +260,10 @@ def nonfinite_statistics_message(output_dir: str, update: int, statistics: dict[
 
 def _kept(output_dir: str) -> str:
     kept = last_complete_checkpoint(output_dir)
-    return f"the last good checkpoint, {kept}, is kept" if kept else "no checkpoint had been saved before it"
+    said = f"the last good checkpoint, {kept}, is kept" if kept else "no checkpoint had been saved before it"
+    if is_partial(output_dir) and is_complete(final_dir(output_dir)):  # a rerun: the finished stage is untouched
+        said += f", and the previous complete output in {final_dir(output_dir)} is untouched"
+    return said
 
 
 # ------------------------------------------------------------------------------------ transformers trainers
@@ -320,6 +303,7 @@ class ResilientTrainerMixin:
         resume = resolve_resume(output_dir, resume_from_checkpoint)
         if self.args.should_save:
             remove_incomplete_checkpoints(output_dir, keep=resume)
+            check_space(output_dir, self.model, self.args)  # the model and a checkpoint fit, or a one-line error
         self._stop.requested, self._stop_agreed = False, False
         with self._stop.on_sigterm():
             result = super().train(resume_from_checkpoint=resume, **kwargs)

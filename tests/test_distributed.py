@@ -227,7 +227,7 @@ def test_sigterm_to_the_launcher_stops_both_processes_at_one_step_and_the_same_c
     reader.join(10)
     output = "".join(lines)
     assert "stopped by SIGTERM after step" in output, output[-4000:]
-    (checkpoint,) = complete_checkpoints(tmp_path / "two" / "pretrain")
+    (checkpoint,) = complete_checkpoints(tmp_path / "two" / "pretrain.partial")  # the unfinished run, beside it
     step = int(checkpoint.rsplit("-", 1)[1])
     assert 1 <= step < 40
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= set(os.listdir(checkpoint))  # both stopped at this step

@@ -120,7 +120,8 @@ def ppo_setup(out, tmp, tmp_path, *extra):
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     funcs, names, weights, stats = rl.reward_functions(rl_args, args, model_args, tokenizer)
     policy = load_causal_lm(model_args, tokenizer=tokenizer)
-    policy, ref, value = rl.ppo_models(policy, tokenizer, rl_args, args, model_args, funcs)
+    value_init = {"path": rl_args.reward_model_path, "from": "reward_model"}
+    policy, ref, value = rl.ppo_models(policy, tokenizer, rl_args, args, model_args, funcs, value_init)
     train = load_stage_dataset(DataArguments(dataset_name=data_args.dataset_name))["train"]
     return PPOTrainer(args, policy, ref, value, tokenizer, train, funcs, weights, names, stats)
 

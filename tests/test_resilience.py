@@ -205,7 +205,7 @@ def test_the_pretrain_stage_stops_on_a_diverging_loss_and_is_not_complete(
     print(err)
     assert not is_complete(str(out)) and not os.path.exists(out / MANIFEST)
     assert not os.path.exists(out / "model.safetensors")
-    kept = complete_checkpoints(out)
+    kept = complete_checkpoints(f"{out}.partial")  # the unfinished run is built beside output_dir
     assert kept, "the steps before the loss diverged were checkpointed"
     weights = load_file(os.path.join(kept[-1], "model.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())
@@ -282,14 +282,16 @@ def test_the_pipeline_resumes_only_a_run_started_with_the_same_arguments(tmp_pat
 
     stage = tmp_path / "sft"
     start_run(str(stage), "digest-a")
+    partial = stage.parent / f"{stage.name}.partial"  # where the stage's run is built (hf_rlhf.outputs)
     for step in (2, 4):
-        os.makedirs(stage / f"checkpoint-{step}")
-    resilience.mark_checkpoint_complete(str(stage / "checkpoint-2"), 2)  # checkpoint-4 never finished saving
-    assert resumable_checkpoint(str(stage), "digest-a") == str(stage / "checkpoint-2")
+        os.makedirs(partial / f"checkpoint-{step}")
+    resilience.mark_checkpoint_complete(str(partial / "checkpoint-2"), 2)  # checkpoint-4 never finished saving
+    assert resumable_checkpoint(str(stage), "digest-a") == str(partial / "checkpoint-2")
     assert resumable_checkpoint(str(stage), "digest-b") is None  # other arguments: start from scratch
     start_run(str(stage), "digest-b")
-    assert os.listdir(stage) == [RUN_RECORD]  # the old run's checkpoints are gone
-    assert json.loads((stage / RUN_RECORD).read_text()) == {"pipeline_args_hash": "digest-b"}
+    assert os.listdir(partial) == [RUN_RECORD]  # the old run's checkpoints are gone
+    assert json.loads((partial / RUN_RECORD).read_text()) == {"pipeline_args_hash": "digest-b"}
+    assert not stage.exists()  # nothing is written to the stage directory until its run is complete
 
 
 def write_pipeline(tmp_path, stages: dict, **sections) -> str:
@@ -355,9 +357,9 @@ def test_pipeline_killed_while_saving_and_between_checkpoints_resumes_to_the_uni
     # 1. SIGKILL while pretraining writes checkpoint-8: its files are there, its marker is not
     first = hf_rlhf(*command, helper=("kill-during", "8"))
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
-    assert os.path.isfile(run / "pretrain" / "checkpoint-8" / "model.safetensors")
-    assert names(complete_checkpoints(run / "pretrain")) == ["checkpoint-4"]
-    assert not is_complete(str(run / "pretrain"))
+    assert os.path.isfile(run / "pretrain.partial" / "checkpoint-8" / "model.safetensors")
+    assert names(complete_checkpoints(run / "pretrain.partial")) == ["checkpoint-4"]
+    assert not is_complete(str(run / "pretrain")) and not os.path.exists(run / "pretrain")
 
     # 2. the same command resumes pretraining from checkpoint-4; SIGKILL once SFT's checkpoint-4 is complete
     second = hf_rlhf(*command, helper=("kill-after", "4"))

@@ -90,7 +90,10 @@ def test_bad_ranked_rows_name_the_row(row, message):
 
 
 def test_ranking_of_wrong_type():
-    with pytest.raises(DataValidationError, match=r"row 0: column 'ranking' is \['1', '2'\]: expected 2 ranks"):
+    with pytest.raises(
+        DataValidationError,
+        match=r"row 0: column 'ranking' is \['1', '2'\]: item 0 is '1' \(str\), not an integer; expected 2 ranks",
+    ):
         to_groups(Dataset.from_list([ranked(["a", "b"], ["1", "2"])]), "d")
 
 

@@ -9,7 +9,9 @@ split, the row, the column and what was expected, and is raised before a model i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import Any
 
 from datasets import Dataset
 
@@ -80,6 +82,8 @@ PREFERENCE_FORMATS = Formats(
 SCORED_PROMPT_COLUMNS = ("prompt", "history", "instruction")  # where a `score_columns` dataset keeps its prompt
 HH_RLHF = "hh-rlhf"  # `dataset_format` of Anthropic/hh-rlhf's "\n\nHuman: ... \n\nAssistant: ..." dialogues
 PREFERENCE_DATASET_FORMATS = (HH_RLHF, "ranked", "pairwise", "rated", "scored")
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
 def preference_formats(dataset_format: str | None = None, score_columns: dict[str, str] | None = None) -> Formats:
@@ -123,6 +127,20 @@ def preference_format(
     or 'scored', from column names (or a dataset's) and the options of `preference_formats`; else an error."""
     names = columns.column_names if isinstance(columns, Dataset) else list(columns)
     return preference_formats(dataset_format, score_columns).detect(names, where)[0]
+
+
+def parse_hh_dialogue(text: Any) -> list[dict[str, str]] | None:
+    """An Anthropic/hh-rlhf dialogue ("\\n\\nHuman: ...\\n\\nAssistant: ...", multi-turn) as messages, or None when
+    the text is not one: turns must alternate from a Human turn to a final Assistant turn."""
+    if not isinstance(text, str):
+        return None
+    parts = _HH_TURN.split("\n\n" + text.lstrip("\n"))
+    if parts[0] or len(parts) < 5:  # text before the first turn, or fewer than two turns
+        return None
+    roles, contents = parts[1::2], parts[2::2]
+    if any(role != ("Human", "Assistant")[i % 2] for i, role in enumerate(roles)) or roles[-1] != "Assistant":
+        return None
+    return [{"role": _HH_ROLES[r], "content": c.strip()} for r, c in zip(roles, contents, strict=True)]
 
 
 def text_formats(column: str = "text") -> Formats:
@@ -172,9 +190,10 @@ def sft_format(dataset: Dataset, where: str) -> str:
 def check_sft_dataset(dataset: Dataset, where: str) -> str:
     """Check every row of an SFT dataset; return its format. Empty responses are errors, not silent drops."""
     fmt = sft_format(dataset, where)
-    errors = _Errors(where)
+    errors, kinds = _Errors(where), {"text": [], "messages": []}
     if fmt == "prompt-completion":
         for i, (prompt, completion) in enumerate(zip(dataset["prompt"], dataset["completion"], strict=True)):
+            kinds["messages" if isinstance(prompt, list) or isinstance(completion, list) else "text"].append(i)
             if isinstance(prompt, list) or isinstance(completion, list):
                 _check_messages(prompt, i, "prompt", errors)
                 _check_messages(completion, i, "completion", errors, last_role="assistant")
@@ -191,7 +210,24 @@ def check_sft_dataset(dataset: Dataset, where: str) -> str:
             if not isinstance(text, str) or not text.strip():
                 errors.add(i, "text", "a non-empty string", text)
     errors.raise_if_any()
+    check_one_kind(kinds, where)
     return fmt
+
+
+def check_one_kind(kinds: dict[str, list[int]], where: str) -> None:
+    """Refuse prompt-completion rows that mix plain text and conversations (a `json` dataset can hold both): text
+    rows train as `prompt + completion`, message rows through the chat template, so the rows would be trained two
+    different ways (and TRL's `SFTTrainer` picks its formatting by the first row)."""
+    text, messages = kinds["text"], kinds["messages"]
+    if text and messages:
+        shown = ", ".join(map(str, messages[:MAX_REPORTED_ERRORS])) + (
+            ", ..." if len(messages) > MAX_REPORTED_ERRORS else ""
+        )
+        raise DataValidationError(
+            f"{where}: columns 'prompt' and 'completion' mix plain text ({len(text)} rows, first: row {text[0]}) and "
+            f"lists of messages ({len(messages)} rows: {shown}); every row must be of one kind: convert the text "
+            "rows to [{'role', 'content'}] messages, or the message rows to text"
+        )
 
 
 def is_conversational_dataset(dataset: Dataset) -> bool:

@@ -27,8 +27,8 @@ The public shapes are converted on the way, and each group lists its conversions
 
 from __future__ import annotations
 
+import logging
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +36,7 @@ from typing import Any
 from datasets import Dataset
 from trl.data_utils import extract_prompt, is_conversational, maybe_extract_prompt
 
-from .formats import HH_RLHF, SCORED_PROMPT_COLUMNS, DataValidationError, preference_format
+from .formats import HH_RLHF, SCORED_PROMPT_COLUMNS, DataValidationError, parse_hh_dialogue, preference_format
 
 __all__ = [
     "PreferenceOptions",
@@ -58,11 +58,13 @@ INVALID_REASONS = {
     "not_hh_dialogue": "chosen/rejected that are not '\\n\\nHuman: ... \\n\\nAssistant: ...' dialogues",
     "empty_prompt": "an empty prompt",
     "bad_completions": "completions that are not {'response', scores} mappings",
+    "not_text": "a completion that is neither a string nor a list of messages",
+    "bad_prompt": "a prompt that is neither a string nor a list of messages",
+    "bad_margin": "a margin that is not a number",
 }
+logger = logging.getLogger(__name__)
 RATING_SCORES = ("overall_score", "fine-grained_score", "aspects")
 RATING_ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")  # openbmb/UltraFeedback's
-_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
-_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 
 @dataclass(frozen=True)
@@ -107,20 +109,6 @@ def ranks_from_scores(scores: list[float]) -> list[int]:
     return [1 + sum(other > s for other in scores) for s in scores]
 
 
-def parse_hh_dialogue(text: Any) -> list[dict[str, str]] | None:
-    """An Anthropic/hh-rlhf dialogue ("\\n\\nHuman: ...\\n\\nAssistant: ...", multi-turn) as messages, or None when
-    the text is not one: turns must alternate from a Human turn to a final Assistant turn."""
-    if not isinstance(text, str):
-        return None
-    parts = _HH_TURN.split("\n\n" + text.lstrip("\n"))
-    if parts[0] or len(parts) < 5:  # text before the first turn, or fewer than two turns
-        return None
-    roles, contents = parts[1::2], parts[2::2]
-    if any(role != ("Human", "Assistant")[i % 2] for i, role in enumerate(roles)) or roles[-1] != "Assistant":
-        return None
-    return [{"role": _HH_ROLES[r], "content": c.strip()} for r, c in zip(roles, contents, strict=True)]
-
-
 def _text(value: Any) -> str | None:
     """The text of a completion: a string, or the content of the last message of a conversational completion."""
     if isinstance(value, str):
@@ -128,6 +116,24 @@ def _text(value: Any) -> str | None:
     if isinstance(value, list) and value and isinstance(value[-1], dict) and isinstance(value[-1].get("content"), str):
         return value[-1]["content"]
     return None
+
+
+def _not_text(where: str, value: Any) -> _Invalid:
+    """The error of a completion (or prompt) that is neither text nor messages: what it is, what was expected."""
+    reason = "bad_prompt" if where == "column 'prompt'" else "not_text"
+    return _Invalid(
+        reason, f"{where} is {_shown(value)}: expected a string or a list of {{'role', 'content'}} messages"
+    )
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{text if len(text) <= 60 else text[:57] + '...'} ({type(value).__name__})"
+
+
+def _check_prompt(prompt: Any, optional: bool = False) -> None:
+    if not (prompt is None and optional) and not isinstance(prompt, str) and _text(prompt) is None:
+        raise _not_text("column 'prompt'", prompt)
 
 
 def _score(value: Any) -> float | None:
@@ -189,8 +195,10 @@ def _extract_prompt(prompt: Any, chosen: Any, rejected: Any) -> tuple[Any, Any, 
 
 def _pairwise(row: dict[str, Any], options: PreferenceOptions) -> dict[str, Any]:
     prompt, chosen, rejected, converted = row.get("prompt"), row["chosen"], row["rejected"], []
-    if _text(chosen) is None or _text(rejected) is None:
-        raise _Invalid("empty_completion", "expected 'chosen' and 'rejected' as strings or lists of messages")
+    _check_prompt(prompt, optional=True)
+    for column, value in (("chosen", chosen), ("rejected", rejected)):
+        if _text(value) is None:
+            raise _not_text(f"column '{column}'", value)
     if isinstance(chosen, str) and isinstance(rejected, str) and not isinstance(prompt, list):
         text_prompt = prompt or ""
         dialogues = [
@@ -217,7 +225,9 @@ def _pairwise(row: dict[str, Any], options: PreferenceOptions) -> dict[str, Any]
         raise _Invalid("empty_completion", "column 'chosen' or 'rejected' is empty")
     if chosen == rejected:
         raise _Invalid("chosen_equals_rejected", f"column 'chosen' equals column 'rejected' ({texts[0][:40]!r})")
-    margin = float(row["margin"]) if row.get("margin") is not None else 0.0
+    margin = _score(row["margin"]) if row.get("margin") is not None else 0.0
+    if margin is None:
+        raise _Invalid("bad_margin", f"column 'margin' is {_shown(row['margin'])}: expected a finite number")
     return _group(prompt, [chosen, rejected], [1, 2], converted, margins=[margin])
 
 
@@ -225,27 +235,44 @@ def _check_completions(completions: Any, column: str = "completions") -> None:
     if not isinstance(completions, list) or len(completions) < 2:
         n = len(completions) if isinstance(completions, list) else 0
         raise _Invalid("too_few_completions", f"column '{column}' has {n} completions, expected >= 2")
-    for index, text in enumerate(map(_text, completions)):
-        if text is None or not text.strip():
+    for index, value in enumerate(completions):
+        text = _text(value)
+        if text is None:
+            raise _not_text(f"column '{column}', item {index}", value)
+        if not text.strip():
             raise _Invalid("empty_completion", f"column '{column}', item {index} is empty")
 
 
 def _ranked(row: dict[str, Any]) -> dict[str, Any]:
     completions, ranking = row["completions"], row["ranking"]
+    _check_prompt(row["prompt"])
     _check_completions(completions)
-    if (
-        not isinstance(ranking, list)
-        or len(ranking) != len(completions)
-        or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in ranking)
-    ):
+    problem = _ranking_problem(ranking, len(completions))
+    if problem:
         raise _Invalid(
             "bad_ranking",
-            f"column 'ranking' is {ranking!r}: expected {len(completions)} ranks (integers >= 1, 1 = best, "
-            "equal for ties), one per completion",
+            f"column 'ranking' is {ranking!r}: {problem}; expected {len(completions)} ranks, one per completion "
+            "(integers >= 1: 1 = best, larger is worse, equal for ties)",
         )
+    ranking = [int(r) for r in ranking]
     if not pairs_from_ranking(ranking):
         raise _Invalid("all_tied", f"column 'ranking' {ranking!r} ties every completion")
-    return _group(row["prompt"], list(completions), list(ranking))
+    return _group(row["prompt"], list(completions), ranking)
+
+
+def _ranking_problem(ranking: Any, k: int) -> str | None:
+    """What is wrong with a row's `ranking` for its `k` completions, or None."""
+    if not isinstance(ranking, list):
+        return f"not a list but a {type(ranking).__name__}"
+    if len(ranking) != k:
+        return f"{len(ranking)} ranks for {k} completions"
+    for index, rank in enumerate(ranking):
+        if isinstance(rank, bool) or not (isinstance(rank, int) or (isinstance(rank, float) and rank.is_integer())):
+            return f"item {index} is {_shown(rank)}, not an integer"  # 2.0 is one: a JSON column of numbers
+        if rank < 1:
+            zero_based = " (0-based? add 1 to every rank)" if min(ranking) == 0 else ""
+            return f"item {index} is {rank}, below 1{zero_based}"
+    return None
 
 
 def _as_turn(value: Any, role: str) -> list[dict[str, str]]:
@@ -317,7 +344,7 @@ def to_groups(
         "rated": lambda row: _rated(row, options),
         "scored": lambda row: _scored(row, options, prompt_column),
     }[fmt]
-    groups, dropped = [], Counter()
+    groups, dropped, first = [], Counter(), {}
     for index, row in enumerate(dataset):
         try:
             groups.append(convert(row))
@@ -328,6 +355,12 @@ def to_groups(
                     f"rows with {INVALID_REASONS[e.reason]}"
                 ) from None
             dropped[e.reason] += 1
+            first.setdefault(e.reason, f"row {index}: {e.detail}")
+    if dropped:  # what was wrong, with the first row of each kind: counts alone do not say what to fix
+        reasons = "; ".join(f"{n} with {INVALID_REASONS[r]} (first, {first[r]})" for r, n in dropped.items())
+        if not groups:
+            raise DataValidationError(f"{where}: every row is invalid, no comparison is left: {reasons}")
+        logger.warning("%s: dropped %d of %d rows: %s", where, sum(dropped.values()), len(dataset), reasons)
     return groups, dict(dropped), fmt
 
 

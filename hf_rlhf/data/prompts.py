@@ -3,7 +3,7 @@
 `check_prompts` reads only the tokenizer (and `model_positions` only the model's config): every `prompt` must be a
 non-empty string or a non-empty conversation (a list of `{"role", "content"}` messages) ending with a user turn,
 there must be enough prompts for one update, and each prompt, measured in tokens as generation formats it (the chat
-template with the assistant's turn opened, `hf_rlhf.eval.generation.format_prompts`), must fit `max_prompt_length`:
+template with the assistant's turn opened, `hf_rlhf.encoding.encode_prompt`), must fit `max_prompt_length`:
 by default the policy's `max_position_embeddings` minus the tokens it generates.
 
 Prompts over the limit follow `long_prompts`:
@@ -25,6 +25,7 @@ from typing import Any
 from datasets import Dataset, Features
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
+from ..encoding import encode_prompt, encode_text
 from ..errors import DataValidationError, RecipeError
 from .formats import PROMPT_FORMATS, _check_messages, _Errors
 from .loading import row_counts
@@ -43,12 +44,13 @@ def check_long_prompts(long_prompts: str) -> None:
 
 def model_positions(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False) -> int | None:
     """The `max_position_embeddings` of a model's config (an adapter's: its base's), read without weights."""
-    from ..modeling import adapter_base, is_adapter_dir, resolve_model_path
+    from ..hub.remote_code import from_pretrained_pinned
+    from ..modeling import adapter_base, is_adapter_dir, resolve_model
 
-    path = resolve_model_path(name_or_path, "model", None if revision in (None, "main") else revision)
-    while is_adapter_dir(path):
-        path = resolve_model_path(adapter_base(path), "base model")
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    source = resolve_model(name_or_path, "model", None if revision in (None, "main") else revision)
+    while is_adapter_dir(source.path):
+        source = resolve_model(adapter_base(source.path), "base model")
+    config = from_pretrained_pinned(AutoConfig, source, trust_remote_code, what="model config")
     return getattr(config, "max_position_embeddings", None)
 
 
@@ -163,16 +165,13 @@ def check_prompts(
 
 def prompt_lengths(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Any]) -> list[int]:
     """Tokens of each prompt as generation feeds it to the model (chat template for conversations)."""
-    from ..eval.generation import format_prompts
-
-    texts = format_prompts(tokenizer, prompts)
-    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return [len(encode_prompt(tokenizer, p)) for p in prompts]
 
 
 def _keep_end(tokenizer: PreTrainedTokenizerBase, text: str, excess) -> str | None:
     """The end of `text`, without as many first tokens as it takes for `excess(text)` (tokens over the limit) to
     be <= 0; None if no end fits."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = encode_text(tokenizer, text)
     keep = len(ids)
     while keep > 0:
         kept = tokenizer.decode(ids[len(ids) - keep :])

@@ -10,12 +10,15 @@ import argparse
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..checks import at_least, non_negative
+from ..encoding import encode_prompt, left_padded
 from ..modeling import load_model_for_inference
 from ..ppo.core import logprobs_from_logits, position_ids_from_mask
 from ..reward.scorer import RewardModelScorer, best_of_n
@@ -45,25 +48,16 @@ def bootstrap_ci(values: Sequence[float], num_resamples: int = 2000, level: floa
     return Interval(float(x.mean()), float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)), x.size)
 
 
-def chat_prompts(tokenizer: PreTrainedTokenizerBase, questions: Sequence[str]) -> list[str]:
-    """Format user questions with the tokenizer's chat template, ready for the assistant's answer."""
-    return format_prompts(tokenizer, [[{"role": "user", "content": q}] for q in questions])
-
-
-def format_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence) -> list[str]:
-    """Prompts as generation-ready text: conversations (lists of messages) through the chat template with the
-    assistant's turn opened; plain-text prompts unchanged (TRL's prompt-only format, both flavours)."""
-    return [
-        tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if isinstance(p, list) else p
-        for p in prompts
-    ]
+def user_turns(questions: Sequence[str]) -> list[list[dict[str, str]]]:
+    """Plain questions as one-turn conversations (the user's), for a chat model."""
+    return [[{"role": "user", "content": q}] for q in questions]
 
 
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Sequence[Any],
     *,
     max_new_tokens: int = 32,
     temperature: float = 1.0,
@@ -73,7 +67,9 @@ def generate(
     desc: str | None = None,
     return_ids: bool = False,
 ):
-    """Sample one completion per prompt (text prompts, already formatted), cut at EOS.
+    """Sample one completion per prompt, cut at EOS. A prompt is a conversation (a list of messages: the chat
+    template with the assistant's turn opened) or plain text, encoded by `hf_rlhf.encoding.encode_prompt` (content
+    never read as special tokens).
 
     Args:
         stop_at_newline (`bool`): Cut each completion at its first newline, the usual stop for few-shot prompts.
@@ -85,7 +81,6 @@ def generate(
     torch.manual_seed(seed)
     random.seed(seed)
     model.eval()
-    padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     config = GenerationConfig(
         do_sample=temperature > 0,
         temperature=temperature if temperature > 0 else None,
@@ -96,18 +91,18 @@ def generate(
         pad_token_id=tokenizer.pad_token_id,
     )
     outputs, ids_out = [], []
-    try:
-        for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
-            batch = tokenizer(
-                list(prompts[start : start + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(model.device)
-            ids = model.generate(**batch, generation_config=config)[:, batch["input_ids"].shape[1] :]
-            outputs.extend(tokenizer.batch_decode(ids, skip_special_tokens=True))
-            for row in ids.tolist():
-                end = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
-                ids_out.append([t for t in row[:end] if t != tokenizer.pad_token_id])
-    finally:
-        tokenizer.padding_side = padding_side
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
+        rows = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
+        input_ids, attention_mask = left_padded(tokenizer, rows)
+        ids = model.generate(
+            input_ids=input_ids.to(model.device),
+            attention_mask=attention_mask.to(model.device),
+            generation_config=config,
+        )[:, input_ids.shape[1] :]
+        outputs.extend(tokenizer.batch_decode(ids, skip_special_tokens=True))
+        for row in ids.tolist():
+            end = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
+            ids_out.append([t for t in row[:end] if t != tokenizer.pad_token_id])
     if stop_at_newline:
         outputs = [c.lstrip(" ").split("\n", 1)[0] for c in outputs]
     outputs = [c.strip() for c in outputs]
@@ -119,7 +114,7 @@ def sequence_kl(
     policy: PreTrainedModel,
     ref_model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Sequence[Any],
     completion_ids: Sequence[Sequence[int]],
     temperature: float = 1.0,
     batch_size: int = 32,
@@ -128,8 +123,7 @@ def sequence_kl(
     KL(policy || ref) when the completions were sampled from the policy at this temperature."""
     out = []
     for start in range(0, len(prompts), batch_size):
-        texts = list(prompts[start : start + batch_size])
-        prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        prompt_ids = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
         rows = [p + list(c) for p, c in zip(prompt_ids, completion_ids[start : start + batch_size], strict=True)]
         starts = [len(p) for p in prompt_ids]
         width = max(map(len, rows))
@@ -168,20 +162,23 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--model", required=True, help="A finished stage directory (or any causal LM directory).")
     parser.add_argument("--prompt", action="append", required=True, help="A prompt; repeat for several.")
     parser.add_argument("--raw", action="store_true", help="Do not apply the chat template (base models).")
-    parser.add_argument("--max_new_tokens", type=int, default=64, help="Tokens to sample at most.")
-    parser.add_argument("--temperature", type=float, default=1.0, help="Sampling temperature; 0 for greedy.")
+    parser.add_argument("--max_new_tokens", type=at_least(1), default=64, help="Tokens to sample at most.")
+    parser.add_argument("--temperature", type=non_negative, default=1.0, help="Sampling temperature; 0 for greedy.")
     parser.add_argument("--seed", type=int, default=0, help="Sampling seed.")
     parser.add_argument(
-        "--best_of", "--best-of", type=int, default=1, help="Sample N completions and keep the reward model's best."
+        "--best_of", "--best-of", type=at_least(1), default=1, help="Keep the reward model's best of N completions."
     )
     parser.add_argument("--reward_model", "--reward-model", help="Reward stage directory (needed with --best_of).")
     parser.add_argument("--trust_remote_code", action="store_true", help="Allow custom model code.")
     args = parser.parse_args(argv)
     if args.best_of > 1 and not args.reward_model:
         parser.error("--best_of needs --reward_model")
+    empty = [i + 1 for i, p in enumerate(args.prompt) if args.raw and not p]
+    if empty:  # no chat template around it: nothing for the model to continue
+        parser.error(f"--prompt number {empty[0]} is empty: with --raw the model needs at least one token to continue")
     model, tokenizer = load_model_for_inference(args.model, trust_remote_code=args.trust_remote_code)
     chat = not args.raw and bool(tokenizer.chat_template)
-    prompts = chat_prompts(tokenizer, args.prompt) if chat else args.prompt
+    prompts = user_turns(args.prompt) if chat else args.prompt
     n = max(1, args.best_of)
     flat = generate(
         model,
@@ -194,8 +191,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     candidates = [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
     if n > 1:
         scorer = RewardModelScorer(args.reward_model, trust_remote_code=args.trust_remote_code)
-        questions = [[{"role": "user", "content": p}] for p in args.prompt] if chat else args.prompt
-        completions, scores = best_of_n(questions, candidates, scorer)
+        completions, scores = best_of_n(prompts, candidates, scorer)
         for prompt, completion, row in zip(args.prompt, completions, scores, strict=True):
             print(f">>> {prompt}\n{completion}\n(best of {n}; rewards {', '.join(f'{s:.2f}' for s in row)})\n")
         return completions

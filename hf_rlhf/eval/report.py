@@ -21,7 +21,7 @@ from ..data.world import TinyWorld
 from ..manifest import atomic_write_json, require_complete
 from ..modeling import load_model_for_inference
 from ..reward.scorer import RewardModelScorer, best_of_n
-from .generation import bootstrap_ci, chat_prompts, generate, sequence_kl
+from .generation import bootstrap_ci, generate, sequence_kl
 
 
 def gold_agreement(gold: list[list[float]], predicted: list[list[float]]) -> tuple[float, int]:
@@ -101,7 +101,7 @@ def build_report(
         add_row(name, "pretrain", sample(model, tokenizer, few_shot, name, cut=True), tokenizer)
     if "sft" in stage_dirs:
         sft_model, tokenizer = load_model_for_inference(stage_dirs["sft"])
-        chat = chat_prompts(tokenizer, questions)
+        chat = conversations
         add_row(
             "SFT",
             "sft",
@@ -120,7 +120,7 @@ def build_report(
             report["reward_model"] = {"gold_agreement": agreement, "gold_agreement_pairs": pairs}
     if "rl" in stage_dirs and "sft" in stage_dirs:
         policy, tokenizer = load_model_for_inference(stage_dirs["rl"])  # sft_model: loaded for the SFT row
-        chat = chat_prompts(tokenizer, questions)
+        chat = conversations
         completions, ids = sample(policy, tokenizer, chat, "RL", return_ids=True)
         kl = sequence_kl(policy, sft_model, tokenizer, chat, ids, ev.temperature, ev.batch_size)
         algorithm = require_complete(stage_dirs["rl"])["metrics"].get("algorithm", "ppo").upper()

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from ..eval.generation import format_prompts
+from ..encoding import encode_prompt, left_padded
 from . import core
 
 
@@ -111,15 +111,10 @@ def sampling_config(tokenizer: PreTrainedTokenizerBase, temperature: float, max_
 
 
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Any], device) -> tuple[torch.Tensor, ...]:
-    """Left-padded query ids and attention mask (B, P) of text or conversational prompts (chat template)."""
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        enc = tokenizer(
-            format_prompts(tokenizer, prompts), return_tensors="pt", padding=True, add_special_tokens=False
-        )
-    finally:
-        tokenizer.padding_side = side
-    return enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    """Left-padded query ids and attention mask (B, P) of text or conversational prompts (chat template), encoded by
+    `hf_rlhf.encoding.encode_prompt`."""
+    ids, mask = left_padded(tokenizer, [encode_prompt(tokenizer, p) for p in prompts])
+    return ids.to(device), mask.to(device)
 
 
 def generate_responses(

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,13 +20,16 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..checks import at_least
 from ..configs import DataArguments
 from ..data.formats import DataValidationError
 from ..data.loading import load_stage_dataset
 from ..data.world import TinyWorld, is_world_question
+from ..encoding import encode_chat, encode_text, strip_eos_text
 from ..modeling import SCORE_BIAS_FLAG, load_reward_model, load_tokenizer, reward_head
 
 RewardFunction = Callable[[list[Any], list[Any]], list[float]]
+REWARD_ENCODING = "hf_rlhf_reward_encoding"  # config attribute: "chat" or "text", how the reward model was trained
 
 
 def as_messages(prompt: Any) -> list[dict[str, str]] | None:
@@ -35,27 +39,53 @@ def as_messages(prompt: Any) -> list[dict[str, str]] | None:
     return None
 
 
-def encode_for_reward(tokenizer: PreTrainedTokenizerBase, prompt: Any, completion: Any) -> list[int]:
+def encode_for_reward(
+    tokenizer: PreTrainedTokenizerBase, prompt: Any, completion: Any, chat: bool | None = None
+) -> list[int]:
     """Token ids of a (prompt, completion) as the reward model reads them; the reward is read at the last one.
 
-    Conversational prompts (lists of messages) go through the chat template with the completion as the assistant's
-    turn, whitespace after the final EOS removed so that the last token is the EOS; plain text is
-    `prompt + completion + EOS`, as TRL's `RewardTrainer` does.
+    The one encoding of a pair, used by reward training, `hf-rlhf score`, best-of-N, sample labelling, PPO, GRPO/RLOO
+    and the report (`hf_rlhf.encoding`: content is never read as special tokens).
+
+    Args:
+        chat: How the reward model was trained (`REWARD_ENCODING` in its config): `True` puts a text prompt and
+            completion through the chat template as a user turn and the assistant's reply, `False` reads text as
+            `prompt + completion + EOS` (TRL's `RewardTrainer`). `None`: by the rows (conversational if the prompt or
+            the completion is a list of messages). Conversations always go through the chat template, whitespace
+            after the final EOS removed so that the last token is the EOS, where PPO places the score.
     """
     messages = as_messages(prompt)
-    if messages is not None or isinstance(completion, list):
+    if chat or messages is not None or isinstance(completion, list):
         reply = completion if isinstance(completion, list) else [{"role": "assistant", "content": completion}]
         if messages is None:  # a text prompt with a conversational completion; none at all for implicit prompts
             messages = [{"role": "user", "content": prompt}] if prompt else []
-        text = tokenizer.apply_chat_template(messages + reply, tokenize=False)
-        # Templates end a turn with EOS then a newline; read the reward at the EOS, where PPO places the score.
-        if tokenizer.eos_token and text.rstrip().endswith(tokenizer.eos_token):
-            text = text.rstrip()
-    else:
-        text = prompt + completion
-        if not text.endswith(tokenizer.eos_token):
-            text += tokenizer.eos_token
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = list(encode_chat(tokenizer, messages + reply))
+        eos = tokenizer.eos_token_id
+        if eos in ids:  # templates end a turn with EOS then a newline: read the reward at the EOS
+            last = len(ids) - 1 - ids[::-1].index(eos)
+            if not tokenizer.decode(ids[last + 1 :]).strip():
+                ids = ids[: last + 1]
+        return ids
+    return encode_text(tokenizer, strip_eos_text(tokenizer, prompt + completion)) + [tokenizer.eos_token_id]
+
+
+def reward_encoding(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: str | None = None
+) -> bool | None:
+    """The `chat` argument of `encode_for_reward` for a reward model: what its reward stage recorded (the config's
+    `REWARD_ENCODING`, or the manifest's for a LoRA reward adapter, whose config is its base's), else the chat
+    template for a reward model from elsewhere that has one (Skywork, ArmoRM... are trained on chats), else by the
+    rows."""
+    from ..manifest import read_manifest
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    recorded = getattr(getattr(base, "config", None), REWARD_ENCODING, None)
+    path = directory or getattr(base, "name_or_path", None)
+    if recorded is None and isinstance(path, str) and os.path.isdir(path):
+        recorded = (read_manifest(path) or {}).get("reward_encoding")
+    if recorded is not None:
+        return recorded == "chat"
+    return True if tokenizer.chat_template else None
 
 
 # ------------------------------------------------------------------------------------------ the score head
@@ -99,6 +129,8 @@ class RewardModelScorer:
         path_or_model: A reward stage directory, or an already loaded model.
         tokenizer: Needed when a model object is given.
         batch_size: Sequences scored at a time.
+        directory: The reward model's directory, where its encoding is recorded, when a model object is given
+            whose own config does not say (a reward adapter loaded on a shared base).
     """
 
     def __init__(
@@ -107,6 +139,7 @@ class RewardModelScorer:
         tokenizer: PreTrainedTokenizerBase | None = None,
         batch_size: int = 32,
         trust_remote_code: bool = False,
+        directory: str | None = None,
     ):
         if isinstance(path_or_model, str):
             self.model = load_reward_model(path_or_model, trust_remote_code=trust_remote_code)
@@ -116,10 +149,15 @@ class RewardModelScorer:
         if tokenizer is None:
             raise ValueError("RewardModelScorer needs a tokenizer when given a model object")
         self.tokenizer, self.batch_size = tokenizer, batch_size
+        self.chat = reward_encoding(self.model, tokenizer, directory)
         self.__name__ = "reward_model"
 
+    def encode(self, prompts: list[Any], completions: list[Any]) -> list[list[int]]:
+        """The pairs as this reward model reads them (`encode_for_reward`, with its own tokenizer)."""
+        return [encode_for_reward(self.tokenizer, p, c, self.chat) for p, c in zip(prompts, completions, strict=True)]
+
     def __call__(self, prompts: list[Any], completions: list[Any]) -> list[float]:
-        encoded = [encode_for_reward(self.tokenizer, p, c) for p, c in zip(prompts, completions, strict=True)]
+        encoded = self.encode(prompts, completions)
         return score_sequences(self.model, encoded, self.tokenizer.pad_token_id, self.batch_size).tolist()
 
 
@@ -153,7 +191,7 @@ def main(argv: list[str] | None = None) -> list[float]:
     parser.add_argument("--prompt", action="append", help="A prompt (with --response); repeat for several.")
     parser.add_argument("--response", action="append", help="The response to the --prompt at the same position.")
     parser.add_argument("--output", help="Write the rows with a 'reward' column to this .jsonl file.")
-    parser.add_argument("--batch_size", type=int, default=32, help="Sequences scored at a time.")
+    parser.add_argument("--batch_size", type=at_least(1), default=32, help="Sequences scored at a time.")
     parser.add_argument("--trust_remote_code", action="store_true", help="Allow custom model code.")
     args = parser.parse_args(argv)
     if args.dataset_name:
@@ -166,8 +204,7 @@ def main(argv: list[str] | None = None) -> list[float]:
             )
         prompts, responses = data["prompt"], data[column]
     elif args.prompt and args.response and len(args.prompt) == len(args.response):
-        prompts, responses = args.prompt, args.response
-        prompts = [[{"role": "user", "content": p}] for p in prompts]  # plain questions are user turns
+        prompts, responses = args.prompt, args.response  # read as a JSONL row's text would be: one encoding
     else:
         parser.error("give --dataset_name, or as many --response as --prompt")
     scores = RewardModelScorer(

@@ -18,9 +18,10 @@ from trl import ModelConfig, TrlParser
 from ..configs import DataArguments, PretrainConfig
 from ..data.formats import check_text_dataset, text_formats
 from ..data.loading import dataset_label, load_stage_dataset, resolve_dataset, row_counts
+from ..hub import remote_code
 from ..hub.push import push_request, push_stage, without_push
-from ..manifest import save_trainer_stage, start_stage
 from ..modeling import load_causal_lm, load_tokenizer, model_from_config, resolve_model, sync_model_to_tokenizer
+from ..outputs import check_output, save_trainer_stage, start_stage
 from ..plan import rows
 from ..plan.architecture import architecture, architecture_from_type, human
 from ..plan.context import Context, StagePlan, describe_data
@@ -48,7 +49,9 @@ def pack(dataset, tokenizer, column: str, block_size: int, num_proc: int | None 
     """Tokenize documents, append EOS to each, concatenate and cut into `block_size` blocks (the tail is dropped)."""
 
     def tokenize(batch):
-        return {"input_ids": [ids + [tokenizer.eos_token_id] for ids in tokenizer(batch[column])["input_ids"]]}
+        # documents are content: special-token text in them is split, never an EOS or a role marker
+        ids = tokenizer(batch[column], split_special_tokens=True)["input_ids"]
+        return {"input_ids": [row + [tokenizer.eos_token_id] for row in ids]}
 
     def group(batch):
         ids = list(chain.from_iterable(batch["input_ids"]))
@@ -120,6 +123,8 @@ def run(data_args: DataArguments, training_args: PretrainConfig, model_args: Mod
         `dict`: the stage manifest (metrics include `eval_loss` and `perplexity` on held-out documents).
     """
     check_arguments(data_args, training_args, model_args)
+    remote_code.start_run(data_args.trust_remote_code_repos)  # whose remote code may run; recorded
+    check_output(training_args.output_dir, data_args.overwrite)  # a complete stage there is kept
     set_seed(training_args.seed)
 
     # Data first: bad input fails before any model is built.
@@ -138,7 +143,7 @@ def run(data_args: DataArguments, training_args: PretrainConfig, model_args: Mod
         "dataset": resolve_dataset(data_args),
     }
     push = push_request(training_args)  # checked now: a push that cannot happen fails before training
-    start_stage(training_args.output_dir)
+    start_stage(training_args, data_args.overwrite)  # written in <output_dir>.partial, swapped in when complete
 
     # Tokenizer: named, from the checkpoint, or trained on the corpus.
     tokenizer_source = training_args.tokenizer_name_or_path or model_args.model_name_or_path

@@ -23,8 +23,8 @@ from ..configs import DataArguments, RewardStageConfig
 from ..data.formats import PREFERENCE_DATASET_FORMATS, REFERENCE_FORMATS, DataValidationError, preference_formats
 from ..data.loading import load_stage_dataset, resolve_dataset, row_counts
 from ..data.preference import RATING_SCORES, PreferenceOptions, conversion_counts, describe_conversion, to_groups
+from ..hub import remote_code
 from ..hub.push import push_request, push_stage, without_push
-from ..manifest import save_trainer_stage, start_stage
 from ..modeling import (
     is_quantized,
     load_reward_model,
@@ -34,11 +34,12 @@ from ..modeling import (
     torch_dtype,
     trainable_parameters,
 )
+from ..outputs import check_output, save_trainer_stage, start_stage
 from ..plan import rows as plan_rows
 from ..plan.context import Context, StagePlan, describe_data, describe_dataset
 from ..recipes import RecipeError, parse_command_line
 from ..resilience import resilient
-from ..reward.scorer import encode_for_reward, score_sequences, shift_reward
+from ..reward.scorer import REWARD_ENCODING, encode_for_reward, score_sequences, shift_reward
 from ..reward.trainer import GroupedPreferenceCollator, GroupedRewardTrainer, plot_calibration, quality_report
 
 logger = logging.getLogger(__name__)
@@ -53,11 +54,19 @@ def make_parser(prog: str | None = None) -> TrlParser:
     return TrlParser(arguments(), prog=prog)
 
 
-def encode_groups(groups: list[dict], tokenizer, args: RewardStageConfig, where: str) -> tuple[list[dict], dict]:
+def chat_encoded(groups: list[dict]) -> bool:
+    """Whether the reward model reads chats (`encode_for_reward`'s `chat`): any prompt or completion is a list of
+    messages. Recorded in the model's config, so that every later scorer encodes text pairs the same way."""
+    return any(isinstance(g["prompt"], list) or any(isinstance(c, list) for c in g["completions"]) for g in groups)
+
+
+def encode_groups(
+    groups: list[dict], tokenizer, args: RewardStageConfig, where: str, chat: bool | None = None
+) -> tuple[list[dict], dict]:
     """Tokenize every completion of every group; rows over `max_length` are dropped, truncated or an error."""
     encoded, counts = [], {"too_long_dropped": 0, "too_long_truncated": 0}
     for index, group in enumerate(groups):
-        ids = [encode_for_reward(tokenizer, group["prompt"], c) for c in group["completions"]]
+        ids = [encode_for_reward(tokenizer, group["prompt"], c, chat) for c in group["completions"]]
         longest = max(map(len, ids))
         if args.max_length is not None and longest > args.max_length:
             if args.too_long == "error":
@@ -131,6 +140,8 @@ def split_rows(groups: list[dict], dropped: dict[str, int], long_rows: dict[str,
 def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: ModelConfig) -> dict[str, Any]:
     """Train, centre and check a reward model; save it with its tokenizer, calibration plot and manifest."""
     check_arguments(data_args, training_args, model_args)
+    remote_code.start_run(data_args.trust_remote_code_repos)  # whose remote code may run; recorded
+    check_output(training_args.output_dir, data_args.overwrite)  # a complete stage there is kept
     set_seed(training_args.seed)
 
     data = load_stage_dataset(data_args, seed=training_args.seed)
@@ -147,9 +158,10 @@ def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: 
     }  # every row checked and converted before the tokenizer loads
     tokenizer = load_tokenizer(model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code)
     encoded, rows, fmt = {}, {}, groups["train"][2]
+    chat = chat_encoded(groups["train"][0])
     for split, (split_groups, bad, _) in groups.items():
         where = f"dataset '{data_args.dataset_name}', split '{split}'"
-        encoded[split], long_rows = encode_groups(split_groups, tokenizer, training_args, where)
+        encoded[split], long_rows = encode_groups(split_groups, tokenizer, training_args, where, chat)
         rows[split] = split_rows(split_groups, bad, long_rows, len(encoded[split]))
         if not encoded[split]:
             raise DataValidationError(f"{where}: no usable comparisons left ({rows[split]})")
@@ -161,12 +173,17 @@ def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: 
         )
         inputs["reference_dataset"] = resolve_dataset(training_args.reference_dataset)
     push = push_request(training_args)  # checked now: a push that cannot happen fails before training
-    start_stage(training_args.output_dir)
+    start_stage(training_args, data_args.overwrite)  # written in <output_dir>.partial, swapped in when complete
 
-    model = load_reward_model(
-        model_args.model_name_or_path, trust_remote_code=training_args.trust_remote_code, model_args=model_args
+    model = load_reward_model(  # the SFT model under a new score head, which this stage trains
+        model_args.model_name_or_path,
+        trust_remote_code=training_args.trust_remote_code,
+        model_args=model_args,
+        require_trained_head=False,
+        what="model_name_or_path",
     )
     model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.update({REWARD_ENCODING: "chat" if chat else "text"})  # how every later scorer encodes text pairs
     training_args.prediction_loss_only = True
     columns = ["input_ids", "pairs", "margins"]
     trainer = resilient(GroupedRewardTrainer)(  # complete checkpoints, NaN/inf loss stop, SIGTERM
@@ -192,7 +209,7 @@ def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: 
 
     # Centre: shift the head so the mean reward over the reference set is 0; keep mean/std for the RL stage.
     if training_args.reference_dataset:
-        ref = [encode_for_reward(tokenizer, p, c) for p, c in zip(ref_prompts, ref_completions, strict=True)]
+        ref = [encode_for_reward(tokenizer, p, c, chat) for p, c in zip(ref_prompts, ref_completions, strict=True)]
         raw = score_sequences(model, ref, tokenizer.pad_token_id).numpy()
         shift_reward(model, -float(raw.mean()))
         metrics["reward_centring"] = {
@@ -222,7 +239,10 @@ def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: 
         train_dataset=data["train"],
         metrics=metrics,
         inputs=inputs,
-        extra={"model_kind": "reward model (AutoModelForSequenceClassification, num_labels=1); not a chat model"},
+        extra={
+            "model_kind": "reward model (AutoModelForSequenceClassification, num_labels=1); not a chat model",
+            "reward_encoding": "chat" if chat else "text",  # how `encode_for_reward` reads text pairs for it
+        },
         push=push,
     )
     if push is not None and trainer.is_world_process_zero():

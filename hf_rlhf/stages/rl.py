@@ -21,8 +21,8 @@ from ..configs import RL_CONFIGS, DataArguments, RLArguments
 from ..data.formats import PROMPT_FORMATS
 from ..data.loading import dataset_fingerprint, load_stage_dataset, resolve_dataset
 from ..data.prompts import check_long_prompts, describe_policy
+from ..hub import remote_code
 from ..hub.push import push_request, push_stage, without_push
-from ..manifest import finish_stage, start_stage
 from ..modeling import (
     is_quantized,
     load_causal_lm,
@@ -30,15 +30,28 @@ from ..modeling import (
     load_tokenizer,
     peft_config_for,
     resolve_model,
+    resolve_model_path,
     trainable_parameters,
 )
+from ..outputs import check_output, finish_stage, start_stage
 from ..plan import rows
 from ..plan.context import Context, StagePlan, describe_data
 from ..plan.memory import Role, estimate
 from ..recipes import RecipeError, parse_command_line
 from ..resilience import resilient
 from ..reward.scorer import RewardModelScorer
-from .rl_rewards import check_rewards, check_rl_prompts, final_metrics, reward_functions, trl_reward, without_nan
+from ..storage import check_space, writing
+from .rl_rewards import (
+    check_rewards,
+    check_rl_prompts,
+    check_roles,
+    escape_prompts,
+    final_metrics,
+    reward_functions,
+    tokenizer_plan,
+    trl_reward,
+    without_nan,
+)
 from .rl_rewards import new_tokens as generated_tokens
 
 logger = logging.getLogger(__name__)
@@ -75,10 +88,13 @@ def check_arguments(data_args: DataArguments, rl_args: RLArguments, training_arg
         raise RecipeError("ppo needs `value_model_path` or `reward_model_path` to initialise the value model")
 
 
-def ppo_models(policy, tokenizer, rl_args: RLArguments, training_args, model_args: ModelConfig, funcs: list):
+def ppo_models(
+    policy, tokenizer, rl_args: RLArguments, training_args, model_args: ModelConfig, funcs: list, value_init: dict
+):
     """(policy, reference, value model) for PPO in the recipe's layout; fills in the shared reward adapter.
 
-    Full finetuning: a frozen copy of the SFT model is the reference, the value model starts from the reward model.
+    Full finetuning: a frozen copy of the SFT model is the reference, the value model starts from `value_init`
+    (the reward model when it shares the policy's tokenizer, else the policy with a new head: `tokenizer_plan`).
     LoRA: the reference is the policy with its adapter disabled (one base). `shared_base`: the value and reward
     models are adapters of that base too (`hf_rlhf.ppo.roles`).
     """
@@ -90,7 +106,6 @@ def ppo_models(policy, tokenizer, rl_args: RLArguments, training_args, model_arg
     quantized = is_quantized(policy)
     if quantized and peft_config is None:
         raise RecipeError("a 4/8-bit policy cannot be trained in full: set `use_peft: true` (QLoRA)")
-    value_path = rl_args.value_model_path or rl_args.reward_model_path  # checked by check_arguments
     if training_args.shared_base:
         try:
             check_shared_base(model_args.model_name_or_path, rl_args.reward_model_path)
@@ -98,11 +113,19 @@ def ppo_models(policy, tokenizer, rl_args: RLArguments, training_args, model_arg
             raise RecipeError(str(e)) from e
         policy = get_peft_model(policy, peft_config)
         value_model, reward_model = shared_roles(policy, rl_args.reward_model_path)
-        funcs[0] = RewardModelScorer(reward_model, tokenizer)
+        reward_dir = resolve_model_path(rl_args.reward_model_path, "reward model")
+        funcs[0] = RewardModelScorer(reward_model, tokenizer, directory=reward_dir)
         return policy, None, value_model
+    value_path = value_init["path"]  # the reward model, value_model_path, or the policy (`tokenizer_plan`)
     value_model = load_reward_model(
-        value_path, trust_remote_code=training_args.trust_remote_code, model_args=model_args
+        value_path,
+        trust_remote_code=training_args.trust_remote_code,
+        model_args=model_args,
+        require_trained_head=False,
+        what=f"value model (from {value_init['from']})",
     )
+    if value_model.get_input_embeddings().num_embeddings < len(tokenizer):  # from a policy whose PAD was added
+        value_model.resize_token_embeddings(len(tokenizer))
     value_model.config.pad_token_id = tokenizer.pad_token_id
     if peft_config is None:
         ref_policy = load_causal_lm(model_args, tokenizer=tokenizer, trust_remote_code=training_args.trust_remote_code)
@@ -111,19 +134,25 @@ def ppo_models(policy, tokenizer, rl_args: RLArguments, training_args, model_arg
     return get_peft_model(policy, peft_config), None, value_model
 
 
-def run_ppo(policy, tokenizer, train, rl_args, training_args, model_args, rewards) -> tuple[Any, dict[str, Any]]:
+def run_ppo(
+    policy, tokenizer, train, rl_args, training_args, model_args, rewards, value_init
+) -> tuple[Any, dict[str, Any]]:
     from ..ppo.plots import plot_training_curves
     from ..ppo.trainer import PPOTrainer
 
     funcs, names, weights, stats = rewards
-    policy, ref_policy, value_model = ppo_models(policy, tokenizer, rl_args, training_args, model_args, funcs)
+    policy, ref_policy, value_model = ppo_models(
+        policy, tokenizer, rl_args, training_args, model_args, funcs, value_init
+    )
     trainer = PPOTrainer(
         training_args, policy, ref_policy, value_model, tokenizer, train, funcs, weights, names, stats
     )
     trainable, total = trainable_parameters(trainer.model)
     logger.info("PPO trains %d of %d parameters (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
+    check_space(training_args.output_dir, trainer.model, training_args)  # the model and a checkpoint fit
     history = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
+    with writing(training_args.output_dir):  # a full disk: one line, the previous output kept
+        trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         plot_training_curves(history, os.path.join(training_args.output_dir, "training_curves.png"))
     metrics = final_metrics(history)
@@ -136,6 +165,7 @@ def run_trl(algorithm, policy, tokenizer, train, rl_args, training_args, model_a
 
     funcs, names, weights, _ = rewards
     training_args.reward_weights = weights
+    train, escaped = escape_prompts(train, tokenizer)  # TRL tokenizes the prompts: content must not be special
     trainer_cls = resilient(GRPOTrainer if algorithm == "grpo" else RLOOTrainer)  # see hf_rlhf.resilience
     trainer = trainer_cls(
         model=policy,
@@ -146,12 +176,17 @@ def run_trl(algorithm, policy, tokenizer, train, rl_args, training_args, model_a
         peft_config=peft_config_for(model_args),
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(training_args.output_dir)
+    with writing(training_args.output_dir):  # a full disk: one line, the previous output kept
+        trainer.save_model(training_args.output_dir)
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(training_args.output_dir)
     history = [h for h in trainer.state.log_history if "reward" in h]
     return trainer, {
-        "metrics": {"train_loss": result.training_loss, "updates": trainer.state.global_step},
+        "metrics": {
+            "train_loss": result.training_loss,
+            "updates": trainer.state.global_step,
+            **({"prompts_with_special_text_escaped": escaped} if escaped else {}),
+        },
         "history": history,
     }
 
@@ -159,6 +194,9 @@ def run_trl(algorithm, policy, tokenizer, train, rl_args, training_args, model_a
 def run(data_args: DataArguments, rl_args: RLArguments, training_args, model_args: ModelConfig) -> dict[str, Any]:
     """Train the policy with the chosen algorithm; save it with its tokenizer, curves and manifest."""
     check_arguments(data_args, rl_args, training_args, model_args)
+    remote_code.start_run(data_args.trust_remote_code_repos)  # whose remote code may run; recorded
+    check_output(training_args.output_dir, data_args.overwrite)  # a complete stage there is kept
+    check_roles(rl_args, model_args)
     set_seed(training_args.seed)
     # every prompt trains: no evaluation split is carved (the trainers here do not evaluate)
     data = load_stage_dataset(dataclasses.replace(data_args, eval_split_size=0.0), seed=training_args.seed)
@@ -174,19 +212,25 @@ def run(data_args: DataArguments, rl_args: RLArguments, training_args, model_arg
     }
     if rl_args.value_model_path:
         inputs["value_model"] = resolve_model(rl_args.value_model_path, "value model")
+    tokenizers = tokenizer_plan(rl_args, training_args, model_args, tokenizer)
     rewards = reward_functions(rl_args, training_args, model_args, tokenizer)
     push = push_request(training_args)  # checked now: a push that cannot happen fails before training
-    start_stage(training_args.output_dir)
+    start_stage(training_args, data_args.overwrite)  # written in <output_dir>.partial, swapped in when complete
 
     policy = load_causal_lm(model_args, tokenizer=tokenizer, trust_remote_code=training_args.trust_remote_code)
     if rl_args.algorithm == "ppo":
-        trainer, result = run_ppo(policy, tokenizer, train, rl_args, training_args, model_args, rewards)
+        value_init = tokenizers.get("value_model_init") or {
+            "path": rl_args.value_model_path or rl_args.reward_model_path,
+            "from": "value_model_path" if rl_args.value_model_path else "reward_model",
+        }
+        trainer, result = run_ppo(policy, tokenizer, train, rl_args, training_args, model_args, rewards, value_init)
         main_process = trainer.accelerator.is_main_process
     else:
         trainer, result = run_trl(
             rl_args.algorithm, policy, tokenizer, train, rl_args, training_args, model_args, rewards
         )
         main_process = trainer.is_world_process_zero()
+    trainer.accelerator.wait_for_everyone()  # all have saved before the main process swaps the stage in
     if not main_process:
         return {}
     manifest = finish_stage(
@@ -200,7 +244,7 @@ def run(data_args: DataArguments, rl_args: RLArguments, training_args, model_arg
             **({"unscored_outside_world": outside} if outside is not None else {}),
             **result["metrics"],
         },
-        extra={"history": without_nan(result["history"])},
+        extra={**tokenizers, "history": without_nan(result["history"])},
         push=push,
     )
     if push is not None:

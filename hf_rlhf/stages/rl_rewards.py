@@ -17,8 +17,10 @@ from trl import ModelConfig
 from ..configs import RLArguments
 from ..data.prompts import check_prompts, model_positions, prompt_length_limit
 from ..data.world import is_world_question
-from ..errors import RecipeError
+from ..encoding import escape_prompt, same_tokenizer, special_token_strings
+from ..errors import RecipeError, TokenizerMismatchError
 from ..manifest import read_manifest
+from ..model_roles import check_role
 from ..modeling import load_reward_model, load_tokenizer, resolve_model_path
 from ..reward.scorer import WORLD_ONLY_REWARD_FUNCS, RewardModelScorer, resolve_reward_func
 
@@ -117,7 +119,10 @@ def reward_functions(
         reward_dir = resolve_model_path(rl_args.reward_model_path, "reward model")  # a Hub id: its snapshot
         if not getattr(training_args, "shared_base", False):
             model = load_reward_model(
-                rl_args.reward_model_path, trust_remote_code=training_args.trust_remote_code, model_args=model_args
+                rl_args.reward_model_path,
+                trust_remote_code=training_args.trust_remote_code,
+                model_args=model_args,
+                what="reward_model_path",
             )
             funcs.append(
                 RewardModelScorer(model.eval().requires_grad_(False), load_tokenizer(rl_args.reward_model_path))
@@ -157,3 +162,73 @@ def final_metrics(history: list[dict[str, float]]) -> dict[str, Any]:
 def without_nan(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The logged history with NaN as None (null in the manifest's JSON): a reward that scored no prompt of a step."""
     return [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in h.items()} for h in history]
+
+
+def check_roles(rl_args: RLArguments, model_args: ModelConfig) -> None:
+    """The policy is a causal LM and the reward model a trained reward model (`hf_rlhf.model_roles`), before any
+    data or model loads."""
+    check_role(resolve_model_path(model_args.model_name_or_path), "policy", "model_name_or_path",
+               model_args.model_name_or_path)  # fmt: skip
+    if rl_args.reward_model_path:
+        path = resolve_model_path(rl_args.reward_model_path, "reward model")
+        check_role(path, "reward_model", "reward_model_path", rl_args.reward_model_path)
+    if rl_args.value_model_path:
+        check_role(resolve_model_path(rl_args.value_model_path, "value model"), "init", "value_model_path")
+
+
+def tokenizer_plan(rl_args: RLArguments, training_args, model_args: ModelConfig, tokenizer) -> dict[str, Any]:
+    """How the reward and value models read the policy's samples, for the log and the manifest.
+
+    A reward model whose tokenizer differs from the policy's (vocabulary, merges or special tokens:
+    `hf_rlhf.encoding.same_tokenizer`) scores the decoded completions re-encoded with its own tokenizer and chat
+    template (`RewardModelScorer` always encodes with the reward model's tokenizer). PPO's value model reads the
+    policy's token ids: it starts from the reward model only when their tokenizers are the same, else from the
+    policy with a new value head; a `value_model_path` with another tokenizer is refused.
+    """
+    if not rl_args.reward_model_path:
+        return {}
+    trust = training_args.trust_remote_code
+    same = same_tokenizer(tokenizer, load_tokenizer(rl_args.reward_model_path, trust_remote_code=trust))
+    plan: dict[str, Any] = {
+        "reward_tokenizer": "the policy's" if same else "its own: completions decoded and re-encoded for scoring"
+    }
+    if rl_args.algorithm != "ppo" or getattr(training_args, "shared_base", False):
+        return plan
+    if rl_args.value_model_path:
+        if not same_tokenizer(tokenizer, load_tokenizer(rl_args.value_model_path, trust_remote_code=trust)):
+            raise TokenizerMismatchError(
+                f"value_model_path '{rl_args.value_model_path}' has another tokenizer than the policy "
+                f"'{model_args.model_name_or_path}' (vocabulary, merges or special tokens differ): the value model "
+                "reads the policy's token ids. Leave value_model_path unset (the value model then starts from the "
+                "policy with a new head) or give a model with the policy's tokenizer"
+            )
+        plan["value_model_init"] = {"from": "value_model_path", "path": rl_args.value_model_path}
+    elif same:
+        plan["value_model_init"] = {"from": "reward_model", "path": rl_args.reward_model_path}
+    else:
+        plan["value_model_init"] = {
+            "from": "policy",
+            "path": model_args.model_name_or_path,
+            "why": "the reward model's tokenizer differs from the policy's; the value head is new",
+        }
+    if not same:
+        logger.info(
+            "reward model '%s' has another tokenizer than the policy: completions are decoded and re-encoded with "
+            "its own tokenizer for scoring; the value model starts from %s",
+            rl_args.reward_model_path, plan["value_model_init"]["from"],
+        )  # fmt: skip
+    return plan
+
+
+def escape_prompts(train, tokenizer):
+    """For TRL's GRPO/RLOO, which tokenize the prompts themselves: special-token text in a prompt's content is
+    escaped (`hf_rlhf.encoding.escape_prompt`), so that it cannot open a fake turn; returns the rows and how many
+    were escaped (logged, and counted in the manifest)."""
+    flags = [escape_prompt(tokenizer, p)[1] for p in train["prompt"]]
+    if not any(flags):
+        return train, 0
+    logger.warning(
+        "%d of %d prompts hold special-token text (e.g. '%s'): escaped with a word joiner so that the trainer does "
+        "not read it as special tokens", sum(flags), len(flags), special_token_strings(tokenizer)[0],
+    )  # fmt: skip
+    return train.map(lambda row: {"prompt": escape_prompt(tokenizer, row["prompt"])[0]}), sum(flags)

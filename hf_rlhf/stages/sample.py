@@ -23,13 +23,16 @@ from ..data.loading import resolve_dataset
 from ..data.prompts import check_long_prompts, check_prompts, describe_policy, model_positions, prompt_length_limit
 from ..data.world import is_world_question
 from ..errors import RecipeError
-from ..eval.generation import format_prompts, generate
+from ..eval.generation import generate
+from ..hub import remote_code
 from ..hub.push import push_request, push_stage
-from ..manifest import finish_stage, require_complete, start_stage
+from ..manifest import require_complete
+from ..outputs import check_output, finish_stage, start_stage
 from ..plan import rows
 from ..plan.context import Context, StagePlan, describe_data
 from ..plan.memory import Role, estimate, rollout_activations
 from ..resilience import process_state
+from ..storage import writing
 from .sample_labelers import check_labeler, rank, ranks_from_scores
 
 __all__ = ["ranks_from_scores", "run", "plan", "main"]
@@ -40,8 +43,7 @@ def sample_completions(
     model, tokenizer, prompts: list[Any], args: SampleArguments, desc: str = "sampling comparisons"
 ) -> list[list[str]]:
     """K completions per prompt; conversational prompts get the chat template."""
-    formatted = format_prompts(tokenizer, prompts)
-    repeated = [f for f in formatted for _ in range(args.num_completions)]
+    repeated = [p for p in prompts for _ in range(args.num_completions)]
     flat = generate(
         model,
         tokenizer,
@@ -70,9 +72,16 @@ def check_arguments(data_args: DataArguments, args: SampleArguments):
 def run(data_args: DataArguments, args: SampleArguments) -> dict[str, Any]:
     """Write the comparison dataset (and JSONL exports) to `args.output_dir`; returns the manifest."""
     from ..data.loading import load_stage_dataset
+    from ..model_roles import check_model
     from ..modeling import load_model_for_inference, load_tokenizer, resolve_model
 
     function = check_arguments(data_args, args)
+    remote_code.start_run(data_args.trust_remote_code_repos)  # whose remote code may run; recorded
+    check_output(args.output_dir, data_args.overwrite)  # a complete stage there is kept
+    if os.path.isdir(
+        args.model_name_or_path
+    ):  # in the wrong role, a local model stops here, a Hub one before it loads
+        check_model(args.model_name_or_path, "policy", "model_name_or_path")  # it writes: a causal LM
     data = load_stage_dataset(DataArguments(**{**vars(data_args), "eval_split_size": 0.0}))
     where = f"dataset '{data_args.dataset_name}', split '{data_args.dataset_train_split}'"
     train = data["train"]
@@ -103,7 +112,7 @@ def run(data_args: DataArguments, args: SampleArguments) -> dict[str, Any]:
         state.wait_for_everyone()
         return require_complete(args.output_dir)
     push = push_request(args)  # checked now: a push that cannot happen fails before sampling
-    start_stage(args.output_dir)
+    start_stage(args, data_args.overwrite)  # written in <output_dir>.partial, swapped in when complete
 
     model, tokenizer = load_model_for_inference(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     completions = sample_completions(model, tokenizer, prompts, args)
@@ -115,10 +124,11 @@ def run(data_args: DataArguments, args: SampleArguments) -> dict[str, Any]:
         if 0 < args.test_split_size < 1 and len(dataset) >= 2
         else DatasetDict(train=dataset)
     )
-    splits.save_to_disk(args.output_dir)
-    if args.export_jsonl:
-        for split, ds in splits.items():
-            ds.to_json(os.path.join(args.output_dir, f"comparisons_{split}.jsonl"), lines=True)
+    with writing(args.output_dir):  # a full disk: one line, the previous output kept
+        splits.save_to_disk(args.output_dir)
+        if args.export_jsonl:
+            for split, ds in splits.items():
+                ds.to_json(os.path.join(args.output_dir, f"comparisons_{split}.jsonl"), lines=True)
     manifest = finish_stage(
         args.output_dir,
         "sample",

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..data.preference import ranks_from_scores  # ties for equal scores, as for rated datasets
 from ..data.world import is_world_question
+from ..encoding import encode_prompt, encode_text
 from ..errors import DataValidationError, RecipeError
 from ..reward.scorer import import_function
 
@@ -73,7 +74,7 @@ class JudgeScorer:
 
     def __init__(self, model, tokenizer, batch_size: int = 16):
         self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
-        self.answers = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in JUDGE_ANSWERS]
+        self.answers = [encode_text(tokenizer, a) for a in JUDGE_ANSWERS]
         self.__name__ = "judge"
 
     @torch.no_grad()
@@ -84,7 +85,7 @@ class JudgeScorer:
         positions = getattr(self.model.config, "max_position_embeddings", None)
         room = positions - max(map(len, self.answers)) if positions else None
         rows, starts = [], []
-        for ids in self.tokenizer(contexts, add_special_tokens=False)["input_ids"]:  # as `generate` encodes
+        for ids in (encode_prompt(self.tokenizer, c) for c in contexts):  # as `generate` encodes text prompts
             ids = ids[-room:] if room else ids  # a context longer than the judge's positions keeps its end
             for answer in self.answers:
                 rows.append(ids + answer)

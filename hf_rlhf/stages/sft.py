@@ -18,10 +18,13 @@ from trl import ModelConfig, SFTTrainer, TrlParser
 from ..configs import DataArguments, SFTStageConfig
 from ..data.formats import SFT_FORMATS, check_sft_dataset, is_conversational_dataset, sft_ignored_columns
 from ..data.loading import dataset_label, load_stage_dataset, resolve_dataset, row_counts
+from ..encoding import encode_sft_row
 from ..errors import DataValidationError
+from ..hub import remote_code
 from ..hub.push import push_request, push_stage, without_push
-from ..manifest import save_trainer_stage, start_stage
+from ..model_roles import check_model
 from ..modeling import load_causal_lm, load_tokenizer, peft_config_for, resolve_model, trainable_parameters
+from ..outputs import check_output, save_trainer_stage, start_stage
 from ..plan import rows
 from ..plan.context import Context, StagePlan, describe_data
 from ..recipes import RecipeError, parse_command_line
@@ -53,30 +56,49 @@ def check_arguments(data_args: DataArguments, training_args: SFTStageConfig, mod
         )
 
 
-def token_lengths(dataset, fmt: str, tokenizer) -> list[int]:
-    """Each row's length in tokens as TRL's `SFTTrainer` tokenizes it: the chat template for conversations, prompt
-    plus completion, or the text plus EOS."""
+def encode_demonstrations(dataset, tokenizer, training_args: SFTStageConfig):
+    """The rows tokenized as TRL's `SFTTrainer` would (`hf_rlhf.encoding.encode_sft_row`: same ids and masks), but
+    with content never read as special tokens; the original columns stay, so that `SFTTrainer` still sees the
+    format (prompt-completion: `completion_only_loss`; messages: `assistant_only_loss`) and takes the rows as
+    processed."""
+    from trl.data_utils import maybe_convert_to_chatml
 
-    def lengths(batch):
-        if fmt == "conversational" or isinstance(batch.get("prompt", [None])[0], list):
-            chats = (
-                batch["messages"]
-                if fmt == "conversational"
-                else [p + c for p, c in zip(batch["prompt"], batch["completion"], strict=True)]
-            )
-            ids = [tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False) for chat in chats]
-        elif fmt == "prompt-completion":
-            ids = [
-                p + c
-                for p, c in zip(
-                    tokenizer(batch["prompt"])["input_ids"], tokenizer(batch["completion"])["input_ids"], strict=True
-                )
-            ]
-        else:
-            ids = [x + [tokenizer.eos_token_id] for x in tokenizer(batch["text"])["input_ids"]]
-        return {"length": [len(x) for x in ids]}
+    def encode(row):
+        return encode_sft_row(
+            tokenizer,
+            maybe_convert_to_chatml(dict(row)),
+            assistant_only_loss=training_args.assistant_only_loss,
+            text_field=training_args.dataset_text_field,
+        )
 
-    return dataset.map(lengths, batched=True, remove_columns=dataset.column_names)["length"]
+    return dataset.map(encode, desc="Tokenizing demonstrations")
+
+
+def check_response_tokens(dataset, training_args: SFTStageConfig, where: str) -> None:
+    """Before any model loads: refuse a `max_length` that leaves no row a token to learn from. TRL's `SFTTrainer`
+    cuts each row to `max_length` (`truncation_mode`) and drops the rows left without a loss token (a prompt that
+    fills `max_length`); the manifest counts them (`rows.dropped`), and when that is every row, training cannot
+    start. Reads the masks `encode_demonstrations` made: loss tokens are where every mask is 1."""
+    limit = training_args.max_length
+    if limit is None or training_args.packing or not len(dataset):
+        return
+    masks = [c for c in ("completion_mask", "assistant_masks") if c in dataset.column_names]
+    if training_args.completion_only_loss is False:
+        masks = [c for c in masks if c != "completion_mask"]
+    if not masks:
+        return  # every token is a loss token
+    cut = slice(None, limit) if training_args.truncation_mode == "keep_start" else slice(-limit, None)
+    starts = []  # per row, where its loss tokens begin
+    for row in zip(*(dataset[c] for c in masks), strict=True):
+        loss = [all(bits) for bits in zip(*row, strict=True)]
+        if any(loss[cut]):
+            return
+        starts.append(loss.index(True) if any(loss) else len(loss))
+    shortest = min(range(len(starts)), key=starts.__getitem__)
+    raise DataValidationError(
+        f"{where}: max_length={limit} ({training_args.truncation_mode}) leaves no row a response token to train on; "
+        f"the shortest prompt is {starts[shortest]} tokens (row {shortest}): raise max_length above it"
+    )
 
 
 def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: ModelConfig) -> dict:
@@ -86,6 +108,12 @@ def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: Mod
         `dict`: the stage manifest (metrics include held-out `eval_loss` and `perplexity` on responses).
     """
     check_arguments(data_args, training_args, model_args)
+    remote_code.start_run(data_args.trust_remote_code_repos)  # whose remote code may run; recorded
+    check_output(training_args.output_dir, data_args.overwrite)  # a complete stage there is kept
+    if os.path.isdir(
+        model_args.model_name_or_path
+    ):  # in the wrong role, a local model stops here, a Hub one before it loads
+        check_model(model_args.model_name_or_path, "policy", "model_name_or_path")  # a causal LM, not a reward model
     set_seed(training_args.seed)
 
     data = load_stage_dataset(data_args, seed=training_args.seed)
@@ -114,10 +142,11 @@ def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: Mod
         )
     if formats["train"] == "conversational" and "{% generation %}" in (tokenizer.chat_template or ""):
         training_args.assistant_only_loss = True
+    data = {split: encode_demonstrations(ds, tokenizer, training_args) for split, ds in data.items()}
     over = {}
     if training_args.max_length is not None and not training_args.packing:
         for split, ds in data.items():
-            over[split] = sum(n > training_args.max_length for n in token_lengths(ds, formats[split], tokenizer))
+            over[split] = sum(len(ids) > training_args.max_length for ids in ds["input_ids"])
             if over[split]:
                 logger.warning(
                     "%s, split '%s': %d of %d rows are longer than max_length=%d and are truncated (%s)",
@@ -128,8 +157,9 @@ def run(data_args: DataArguments, training_args: SFTStageConfig, model_args: Mod
                     training_args.max_length,
                     training_args.truncation_mode,
                 )
+    check_response_tokens(data["train"], training_args, f"{dataset_label(data_args)}, split 'train'")
     push = push_request(training_args)  # checked now: a push that cannot happen fails before training
-    start_stage(training_args.output_dir)
+    start_stage(training_args, data_args.overwrite)  # written in <output_dir>.partial, swapped in when complete
 
     model = load_causal_lm(model_args, tokenizer=tokenizer, trust_remote_code=training_args.trust_remote_code)
     trainer = resilient(SFTTrainer)(  # complete checkpoints, NaN/inf loss stop, SIGTERM (hf_rlhf.resilience)
