@@ -155,6 +155,7 @@ CASES = [
     Case("remote-code-foreign-repo", "generate --model {models}/foreign_code --prompt hi --trust_remote_code", 1, r"'.*foreign_code': config\.json auto_map\.AutoConfig = 'mallory/code--evil\.Config' runs code from the Hub repo 'mallory/code', which is not the model's own.*trust_remote_code_repos", "silent"),
     # ---- outputs: a complete stage is never replaced without --overwrite, nor written under a file
     Case("output-complete-without-overwrite", SFT.replace(" --overwrite", "") + " --dataset_name {world}/demonstrations", 1, r"output_dir '.*done' already holds a complete sft stage \(finished 2026-01-01T00:00:00Z\); pass --overwrite", "silent"),
+    Case("output-holds-other-files", SFT + " --dataset_name {world}/demonstrations --output_dir {out}/notes", 1, r"output_dir '.*notes' holds files but no hf_rlhf stage", "silent"),
     Case("output-under-a-file", SFT + " --dataset_name {world}/demonstrations --output_dir {models}/policy/config.json/out", 1, r"cannot write output_dir '.*config\.json/out': '.*config\.json' is a regular file", "traceback"),
     Case("score-dataset-columns", "score --reward_model {models}/rm --dataset_name {data}/score_cols.jsonl", 1, r"score_cols\.jsonl': expected columns 'prompt' and 'response'", "clear"),
 ]  # fmt: skip
@@ -273,6 +274,9 @@ def places(tmp_path_factory) -> dict[str, str]:
     with open(os.path.join(copy("rm", "rm_stage"), "hf_rlhf_manifest.json"), "w") as f:
         json.dump({"stage": "reward", "complete": True, "finished_at": "2026-01-01T00:00:00Z"}, f)
     stage = {"stage": "sft", "complete": True, "finished_at": "2026-01-01T00:00:00Z"}
+    os.makedirs(os.path.join(places["out"], "notes"))  # a directory of someone's files: never replaced
+    with open(os.path.join(places["out"], "notes", "todo.txt"), "w") as f:
+        f.write("label 200 prompts\n")
     for directory in (os.path.join(models, "sft_stage"), copy("policy", "done", places["out"])):
         with open(os.path.join(directory, "hf_rlhf_manifest.json"), "w") as f:
             json.dump(stage, f)
