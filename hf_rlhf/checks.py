@@ -18,6 +18,7 @@ from typing import Any
 from .errors import ModelNotFoundError
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+ADAPTER_CONFIG = "adapter_config.json"  # a peft adapter directory holds this
 _CACHED_SNAPSHOT = re.compile(r"models--(?P<repo>[^/\\]+)[/\\]snapshots[/\\](?P<commit>[0-9a-f]{40})")
 
 
@@ -53,7 +54,7 @@ def non_negative(text: str) -> float:
 def weight_files(path: str) -> list[str]:
     """The safetensors files a model directory's weights are in: an adapter's, the shards its index names, or
     `model.safetensors`; `[]` when it has none of them."""
-    if os.path.isfile(os.path.join(path, "adapter_config.json")):
+    if os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
         return [os.path.join(path, "adapter_model.safetensors")]
     index = os.path.join(path, SAFETENSORS_INDEX)
     if os.path.isfile(index):

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .checks import check_weights
+from .checks import ADAPTER_CONFIG, check_weights, weight_files
 from .errors import HubInputError, ModelNotFoundError, ModelRoleError
 from .hub.resolve import ResolvedInput, is_hub_id, resolve_input
 
-ADAPTER_CONFIG = "adapter_config.json"
 CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 CLASSIFIER_SUFFIXES = ("ForSequenceClassification",)
 HEAD_NAMES = ("score", "classifier")  # the sequence-classification heads of transformers' architectures
@@ -78,7 +77,6 @@ class ModelKind:
     num_labels: int | None = None
     has_head: bool | None = None
     adapter_base: str | None = None
-    tensor_names: list[str] = field(default_factory=list, repr=False)
 
 
 def _json(path: str) -> dict:
@@ -91,26 +89,21 @@ def _json(path: str) -> dict:
 
 
 def tensor_names(directory: str) -> list[str] | None:
-    """The tensor names of a directory's safetensors weights (headers only), or None if they cannot be read (a
-    corrupt or missing file is the loader's to report, with its own message)."""
+    """The tensor names of a directory's safetensors weights (`hf_rlhf.checks.weight_files`; headers only), or None
+    if they cannot be read (a missing or corrupt file is the loader's to report, with its own message)."""
     from safetensors import SafetensorError, safe_open
 
-    index = _json(os.path.join(directory, "model.safetensors.index.json")).get("weight_map")
-    if index:
-        return list(index)
-    names = []
-    found = False
-    for name in ("model.safetensors", "adapter_model.safetensors"):
-        path = os.path.join(directory, name)
-        if not os.path.isfile(path):
-            continue
-        found = True
-        try:
-            with safe_open(path, framework="pt") as f:
+    files = weight_files(directory)
+    if not files:
+        return None
+    names: list[str] = []
+    try:
+        for file in files:
+            with safe_open(file, framework="pt") as f:
                 names += list(f.keys())
-        except (SafetensorError, OSError, ValueError):
-            return None
-    return names if found else None
+    except (SafetensorError, OSError, ValueError):
+        return None
+    return names
 
 
 def _has_head(names: list[str] | None) -> bool | None:
@@ -128,22 +121,22 @@ def describe_model(directory: str) -> ModelKind:
     base = adapter.get("base_model_name_or_path") if adapter else None
     stage = (read_manifest(directory) or {}).get("stage")
     if stage == REWARD_STAGE:
-        return ModelKind("reward_model", "an hf_rlhf reward stage", 1, _has_head(names), base, names or [])
+        return ModelKind("reward_model", "an hf_rlhf reward stage", 1, _has_head(names), base)
     if stage in POLICY_STAGES:
-        return ModelKind("causal_lm", f"an hf_rlhf {stage} stage", None, _has_head(names), base, names or [])
+        return ModelKind("causal_lm", f"an hf_rlhf {stage} stage", None, _has_head(names), base)
     if adapter:
         task = adapter.get("task_type")
         kind = {"SEQ_CLS": "reward_model", "CAUSAL_LM": "causal_lm"}.get(task, "unknown")
-        return ModelKind(kind, f"a peft {task} adapter", None, _has_head(names), base, names or [])
+        return ModelKind(kind, f"a peft {task} adapter", None, _has_head(names), base)
     config = _json(os.path.join(directory, "config.json"))
     architectures = config.get("architectures") or []
     labels = len(config["id2label"]) if isinstance(config.get("id2label"), dict) else config.get("num_labels")
     for arch in architectures:
         if arch.endswith(CLASSIFIER_SUFFIXES):
-            return ModelKind("reward_model", f"{arch} in config.json", labels, _has_head(names), None, names or [])
+            return ModelKind("reward_model", f"{arch} in config.json", labels, _has_head(names), None)
         if arch.endswith(CAUSAL_SUFFIXES):
-            return ModelKind("causal_lm", f"{arch} in config.json", None, _has_head(names), None, names or [])
-    return ModelKind("unknown", "no architecture in config.json", labels, _has_head(names), None, names or [])
+            return ModelKind("causal_lm", f"{arch} in config.json", None, _has_head(names), None)
+    return ModelKind("unknown", "no architecture in config.json", labels, _has_head(names), None)
 
 
 def check_role(directory: str, role: str, what: str, shown: str | None = None) -> ModelKind:

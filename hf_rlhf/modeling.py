@@ -26,7 +26,7 @@ from transformers import (
 )
 from trl import ModelConfig
 
-from .checks import check_weights
+from .checks import ADAPTER_CONFIG, check_weights
 from .errors import ModelNotFoundError, ModelRoleError
 from .hub.remote_code import from_pretrained_pinned
 from .hub.resolve import parse_hub_id
@@ -35,7 +35,6 @@ from .quantization import quantization_kwargs
 from .tokenizer import PAD_TOKEN
 
 logger = logging.getLogger(__name__)
-ADAPTER_CONFIG = "adapter_config.json"
 SCORE_BIAS_FLAG = "hf_rlhf_score_bias"  # config attribute: the head carries a bias saved as `score.bias`
 
 
