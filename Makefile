@@ -3,7 +3,7 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 STAMP := .make/installed
 
-.PHONY: install demo test test-slow test-distributed quality style bench bench-memory clean
+.PHONY: install demo test test-slow test-distributed test-gpu quality style bench bench-memory clean
 
 $(STAMP): pyproject.toml
 	@mkdir -p .make
@@ -25,6 +25,11 @@ test-slow: $(STAMP)
 # Every stage with 2 processes on the CPU (accelerate launch, gloo) against 1 process; part of test-slow.
 test-distributed: $(STAMP)
 	$(PYTHON) -m pytest -q -m slow tests/test_distributed.py
+
+# The GPU check suite on one CUDA GPU (< 8 minutes on an H200; skipped without CUDA); writes outputs/gpu_report.json
+# (or the path in HF_RLHF_GPU_REPORT). HF_RLHF_GPU_SUITE_CPU=1 runs its CPU smoke mode. See docs/development.md.
+test-gpu: $(STAMP)
+	$(PYTHON) -m pytest -q -m gpu tests/gpu
 
 quality: $(STAMP)
 	$(PYTHON) -m ruff check hf_rlhf tests bench

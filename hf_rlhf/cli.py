@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
+from .launching import launch_or_continue, names_text
+
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module:function taking argv, one-line help)
     "world": ("hf_rlhf.data.world:main", "Generate the tiny world's datasets (documents, demonstrations, prompts)."),
@@ -31,7 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-# `--dry-run`: the plan and memory estimate of a stage or pipeline, without loading weights (hf_rlhf.plan)
+# `--dry-run`: the plan and memory estimate of a stage or pipeline, without loading weights (hf_rlhf.plan).
+# These commands also take `--accelerate_config NAME|FILE` (hf_rlhf.launching), for the plan or the real run.
 DRY_RUN = {
     "pipeline": "hf_rlhf.plan.pipeline:main",
     **dict.fromkeys(("pretrain", "sft", "sample", "reward", "rl"), "hf_rlhf.plan.pipeline:stage_main"),
@@ -51,6 +54,10 @@ def usage() -> str:
     lines += ["commands:"] + [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run `hf-rlhf <command> --help` for the options of a command."]
     lines += ["Add --dry-run to a stage or pipeline command for its plan and GPU memory estimate (no weights loaded)."]
+    lines += [
+        "Add --accelerate_config NAME|FILE to a stage or pipeline command to run it under `accelerate launch`;",
+        f"  named configs: {names_text()}.",
+    ]
     return "\n".join(lines)
 
 
@@ -72,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         target = DRY_RUN[name]
         rest = rest if name == "pipeline" else [name, *rest]
     try:
+        if name in DRY_RUN and target == COMMANDS[name][0]:  # a real run: under `accelerate launch`, when asked
+            default = _load("hf_rlhf.pipeline:recipe_accelerate_config") if name == "pipeline" else None
+            code, rest = launch_or_continue(name, rest, default)
+            if code is not None:
+                return code
         _load(target)(rest)
     except USER_ERRORS as e:
         print(f"hf-rlhf {name}: error: {e}", file=sys.stderr)

@@ -307,6 +307,20 @@ class RLArguments(PromptLengthArguments):
         metadata={"help": "Extra reward functions: 'tiny_world_gold' or 'package.module:function'."},
     )
     world_seed: int = field(default=0, metadata={"help": "Seed of the tiny world for 'tiny_world_gold'."})
+    log_completions_steps: int = field(
+        default=10,
+        metadata={
+            "help": "Every this many updates, log a table of sample completions (prompt, completion, reward-model "
+            "score, each reward) to `completions.jsonl` and the `report_to` trackers (0: never)."
+        },
+    )
+    log_completions_rows: int = field(
+        default=8, metadata={"help": "Rows of each completions table (the first prompts of the update)."}
+    )
+
+    def __post_init__(self):
+        if self.log_completions_steps < 0 or self.log_completions_rows < 1:
+            raise ValueError("log_completions_steps must be >= 0 and log_completions_rows >= 1")
 
 
 RL_CONFIGS = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}  # `algorithm` -> trainer config

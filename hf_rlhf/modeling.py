@@ -31,6 +31,7 @@ from .errors import ModelNotFoundError, ModelRoleError
 from .hub.remote_code import from_pretrained_pinned
 from .hub.resolve import parse_hub_id
 from .model_roles import check_role, resolve_model, resolve_model_path  # noqa: F401 (re-exported)
+from .placement import frozen, load_kwargs
 from .quantization import quantization_kwargs
 from .tokenizer import PAD_TOKEN
 
@@ -161,8 +162,7 @@ def load_pretrained(
             dtype=torch_dtype(args.dtype),
             attn_implementation=args.attn_implementation,
             use_safetensors=True,
-            **quant,
-            **kwargs,
+            **{**kwargs, **quant},  # a quantized load's `device_map` is the one `hf_rlhf.placement` gives
         )
         if not quant and getattr(model.config, "quantization_config", None):
             model = model.dequantize()  # a pre-quantized checkpoint, asked for in full precision
@@ -252,6 +252,7 @@ def load_reward_model(
     model_args: Any = None,
     require_trained_head: bool = True,
     what: str = "reward model",
+    device_map: Any = None,
 ) -> PreTrainedModel:
     """Load a reward (or value) model: `AutoModelForSequenceClassification` with one label, safetensors only.
 
@@ -259,7 +260,8 @@ def load_reward_model(
     `ModelConfig`) may ask for dtype and 4/8-bit quantization. Restores the head bias written by `shift_reward`.
     A model that is not a reward model is refused before it loads (`hf_rlhf.model_roles`); with
     `require_trained_head=False` (a head the stage trains: the reward stage's SFT model, PPO's value model) any
-    model may start it.
+    model may start it. `device_map` loads it straight onto a device (`hf_rlhf.placement.load_kwargs`, for a
+    frozen reward model).
     """
     from transformers.utils import logging as hf_logging
     from trl import ModelConfig
@@ -276,6 +278,7 @@ def load_reward_model(
             model_args=model_args,
             trust_remote_code=trust_remote_code,
             num_labels=1,
+            **({"device_map": device_map} if device_map is not None else {}),
         )
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -312,9 +315,10 @@ def load_causal_lm(
     trust_remote_code: bool = False,
     name_or_path: str | None = None,
     quantize: bool = True,
+    device_map: Any = None,
 ) -> PreTrainedModel:
     """Load a causal LM (full weights, or an adapter merged into its base) with the dtype, attention and
-    quantization of `model_args`.
+    quantization of `model_args`; `device_map` loads it straight onto a device (`hf_rlhf.placement.load_kwargs`).
 
     If the tokenizer has more tokens than the embedding (a PAD token was added), the embeddings are resized.
     """
@@ -326,6 +330,7 @@ def load_causal_lm(
         model_args=model_args,
         trust_remote_code=trust_remote_code,
         quantize=quantize,
+        **({"device_map": device_map} if device_map is not None else {}),
     )
     if tokenizer is not None:
         sync_model_to_tokenizer(model, tokenizer)
@@ -379,9 +384,13 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
 def load_model_for_inference(
     path: str, *, trust_remote_code: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a finished stage's causal LM (full or adapter) and tokenizer for generation, in eval mode."""
+    """Load a finished stage's causal LM (full or adapter) and tokenizer for generation: frozen (eval mode, no
+    gradients) on this process's device (`hf_rlhf.placement`)."""
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     model = load_causal_lm(
-        ModelConfig(model_name_or_path=path), tokenizer=tokenizer, trust_remote_code=trust_remote_code
+        ModelConfig(model_name_or_path=path),
+        tokenizer=tokenizer,
+        trust_remote_code=trust_remote_code,
+        **load_kwargs(),
     )
-    return model.eval(), tokenizer
+    return frozen(model), tokenizer

@@ -30,6 +30,7 @@ from .errors import RecipeError
 from .eval.report import build_report, write_report
 from .hub import resolve as hub  # hub.use_endpoint
 from .hub.publish import hub_options, publish_evaluation, publish_stage, publish_world, pull_upstream
+from .launching import LAUNCH_OPTIONS, launched_config, names_text
 from .manifest import MANIFEST, atomic_write_json, is_complete, read_manifest, require_complete
 from .outputs import recover_output
 from .recipes import (
@@ -286,10 +287,22 @@ def run_stage(
     process_state().wait_for_everyone()  # the main process has written the manifest
     manifest = require_complete(out_dir)
     if process_state().is_main_process:
-        atomic_write_json(os.path.join(out_dir, MANIFEST), {**manifest, "pipeline_args_hash": digest})
+        record = {**manifest, "pipeline_args_hash": digest, "launch": launch_record()}
+        atomic_write_json(os.path.join(out_dir, MANIFEST), record)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def launch_record() -> dict[str, Any]:
+    """The layout a stage ran under, kept in its manifest: processes, accelerate's distributed type, and the
+    accelerate config `hf-rlhf` launched it with (a name, or a file's name; `None` when it did not launch it)."""
+    state = process_state()
+    return {
+        "num_processes": state.num_processes,
+        "distributed_type": getattr(state.distributed_type, "value", str(state.distributed_type)),
+        "accelerate_config": launched_config(),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-rlhf pipeline",
         description="Run the stages of a pipeline recipe in order and write report.json / report.md.",
@@ -298,5 +311,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("recipe", help="Pipeline recipe, e.g. recipes/tiny/pipeline.yaml.")
     parser.add_argument("--output_dir", help="Override the recipe's output directory.")
     parser.add_argument("--overwrite", action="store_true", help="Rerun stages even if they are already complete.")
-    args = parser.parse_args(argv)
+    launch = parser.add_argument_group(
+        "launching (hf_rlhf.launching; `hf-rlhf` reads these before the recipe runs and passes them to accelerate)"
+    )
+    launch.add_argument(
+        "--accelerate_config",
+        metavar="NAME|FILE",
+        help=f"Run under `accelerate launch` with this config; default the recipe's launch.accelerate_config. "
+        f"Named configs: {names_text()}.",
+    )
+    for option in LAUNCH_OPTIONS:
+        launch.add_argument(f"--{option}", help="Passed to `accelerate launch`, overriding the config's value.")
+    return parser
+
+
+def recipe_accelerate_config(argv: list[str]) -> str | None:
+    """The accelerate config `hf-rlhf pipeline ARGV` launches under when the command line names none: the recipe's
+    `launch.accelerate_config` (a named config, or a file relative to the recipe), `None` without one."""
+    args = build_parser().parse_args(argv)
+    return load_pipeline_recipe(args.recipe, args.output_dir).launch.get("accelerate_config")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """`hf-rlhf pipeline <recipe>` in this process (`hf_rlhf.cli` has already launched it, if asked)."""
+    args = build_parser().parse_args(argv)
     return run_pipeline(load_pipeline_recipe(args.recipe, args.output_dir), overwrite=args.overwrite)

@@ -21,6 +21,7 @@ from trl import TrlParser
 
 from .configs import EvaluationArguments, WorldArguments
 from .errors import RecipeError
+from .launching import resolve_accelerate_config
 
 STAGE_NAMES = ("pretrain", "sft", "sample", "reward", "rl")  # in pipeline order; `hf_rlhf.stages.STAGES` has them
 
@@ -312,7 +313,8 @@ class PipelineRecipe:
     world: WorldArguments | None = None
     evaluation: EvaluationArguments = field(default_factory=EvaluationArguments)
     hub: HubSettings | None = None
-    # `launch:` what the recipe is sized for (`accelerate_config`, `gpu_memory_gb`); read by `--dry-run` only
+    # `launch:` how the recipe runs: `accelerate_config` (resolved to a file; `hf-rlhf pipeline` launches under it and
+    # `--dry-run` plans for it, unless `--accelerate_config` names another) and `gpu_memory_gb` (the dry run's)
     launch: dict[str, Any] = field(default_factory=dict)
 
 
@@ -350,10 +352,11 @@ def load_pipeline_recipe(path: str, output_dir: str | None = None) -> PipelineRe
             raise RecipeError(f"{where}, 'hub': set 'namespace' (the user or organisation of the repos)")
     launch = raw.get("launch") or {}
     check_keys(launch, {"accelerate_config", "gpu_memory_gb"}, f"{where}, 'launch'")
-    if "accelerate_config" in launch:
-        launch["accelerate_config"] = os.path.join(base, launch["accelerate_config"])
-        if not os.path.isfile(launch["accelerate_config"]):
-            raise RecipeError(f"{where}, 'launch': accelerate config '{launch['accelerate_config']}' does not exist")
+    if "accelerate_config" in launch:  # a named config, or a file relative to the recipe
+        value = launch["accelerate_config"]
+        if not isinstance(value, str) or not value:
+            raise RecipeError(f"{where}, 'launch': 'accelerate_config' must be a config name or a file, got {value!r}")
+        launch["accelerate_config"] = resolve_accelerate_config(value, base, f"{where}, 'launch', 'accelerate_config'")
     out = output_dir or raw.get("output_dir")
     if not out:
         raise RecipeError(f"{where}: set 'output_dir' in the recipe or pass --output_dir")

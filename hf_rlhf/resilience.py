@@ -81,7 +81,7 @@ def use_cpu_if_no_accelerator() -> None:
     """Under a multi-process launch on a machine without GPUs (or another accelerator), run on the CPU with gloo.
 
     accelerate starts CPU processes only through its multi-GPU launcher (`--multi_gpu`, or a config such as
-    `recipes/accelerate_configs/cpu_2proc.yaml`; `--cpu` with several processes wants mpirun), and each process then
+    the named config `cpu_2proc` (hf_rlhf/accelerate_configs/cpu_2proc.yaml); `--cpu` with several processes wants mpirun), and each process then
     needs `ACCELERATE_USE_CPU` to join the others instead of training alone.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():

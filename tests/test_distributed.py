@@ -1,8 +1,9 @@
 """Every stage under `accelerate launch` with 2 processes on this CPU machine (gloo), compared with one process and the
 same global batch; and a SIGTERM to the launcher, then the same command again. Slow: each launch starts 2 Pythons.
 
-The 2-process layout is `recipes/accelerate_configs/cpu_2proc.yaml` (accelerate's multi-GPU launcher; on a machine
-without GPUs `hf-rlhf` joins the processes on the CPU with gloo).
+The 2-process layout is the named config `cpu_2proc` (hf_rlhf/accelerate_configs/cpu_2proc.yaml: accelerate's multi-GPU
+launcher; on a machine without GPUs `hf-rlhf` joins the processes on the CPU with gloo). These tests start
+`accelerate launch ... -m hf_rlhf.cli` themselves; tests/test_launching.py has `hf-rlhf ... --accelerate_config`.
 """
 
 import json
@@ -19,15 +20,16 @@ import yaml
 from safetensors.torch import load_file
 
 from hf_rlhf import cli
+from hf_rlhf.launching import resolve_accelerate_config
 from hf_rlhf.manifest import MANIFEST, is_complete, read_manifest
 from hf_rlhf.resilience import complete_checkpoints
 
-from .conftest import RECIPES, REPO
+from .conftest import REPO
 from .test_resilience import TINY_PRETRAIN, TINY_SFT, write_pipeline
 
 pytestmark = pytest.mark.slow
 
-CPU_2PROC = os.path.join(RECIPES, "accelerate_configs", "cpu_2proc.yaml")
+CPU_2PROC = resolve_accelerate_config("cpu_2proc")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 # The same global batch, summed in float32 as 2 x 4 sequences instead of 8: measured 9.5e-7 apart on the loss after 12
 # steps and 1.2e-7 on the weights. 1e-4 leaves room for other CPUs' kernels and thread counts; a wrong split of the
@@ -180,7 +182,7 @@ def test_the_whole_pipeline_runs_with_two_processes(tmp_path):
         assert two.stdout.count(f"[hf-rlhf] {stage}: hf-rlhf {stage} ") == 1  # the main process reports
         assert not any(name.startswith(".tmp") for name in os.listdir(tmp_path / "two" / stage))
     assert os.path.isfile(tmp_path / "two" / "report.json") and os.path.isfile(tmp_path / "two" / "report.md")
-    for split in ("train", "test"):  # the main process samples, with the seed a single process uses
+    for split in ("train", "test"):  # sampled in seeded chunks shared out: the comparisons of one process
         name = f"comparisons_{split}.jsonl"
         assert (tmp_path / "two" / "sample" / name).read_text() == (tmp_path / "one" / "sample" / name).read_text()
     for checkpoint in complete_checkpoints(tmp_path / "two" / "rl"):  # PPO: one RNG state per process

@@ -9,6 +9,7 @@ import pytest
 
 from hf_rlhf import cli
 from hf_rlhf.errors import DataValidationError, RecipeError
+from hf_rlhf.launching import configs_dir
 from hf_rlhf.plan import DryRunError
 from hf_rlhf.plan.architecture import BUNDLED, architecture
 from hf_rlhf.plan.context import FORMAT_LABELS, Context
@@ -20,12 +21,12 @@ from hf_rlhf.stages import STAGES
 from .conftest import RECIPES
 
 ALL = sorted(glob.glob(os.path.join(RECIPES, "**", "*.yaml"), recursive=True))
-ACCELERATE_CONFIGS = [p for p in ALL if "accelerate_configs" in p]
-RECIPE_FILES = [p for p in ALL if p not in ACCELERATE_CONFIGS]
+CONFIGS = configs_dir()
+ACCELERATE_CONFIGS = sorted(glob.glob(os.path.join(CONFIGS, "*.yaml")))  # the named configs (hf_rlhf.launching)
+RECIPE_FILES = ALL
 PIPELINES = [p for p in RECIPE_FILES if "stages:" in open(p).read()]
 STAGE_RECIPES = [p for p in RECIPE_FILES if p not in PIPELINES]
 QWEN = os.path.join(RECIPES, "qwen2.5-7b")
-CONFIGS = os.path.join(RECIPES, "accelerate_configs")
 
 # Published sizes (model cards / papers), to 3 significant figures
 PUBLISHED = {
@@ -62,10 +63,14 @@ def test_there_are_real_recipes_and_accelerate_configs():
     assert {"smollm2-135m/pipeline.yaml", "qwen2.5-7b/pipeline_qlora.yaml", "qwen2.5-7b/pipeline_lora.yaml"} <= names
     configs = {os.path.basename(p) for p in ACCELERATE_CONFIGS}
     assert {
-        "ddp.yaml",
-        "fsdp.yaml",
-        "deepspeed_zero2.yaml",
-        "deepspeed_zero3.yaml",
+        "single_gpu.yaml",
+        "multi_gpu.yaml",
+        "zero1.yaml",
+        "zero2.yaml",
+        "zero3.yaml",
+        "fsdp1.yaml",
+        "fsdp2.yaml",
+        "cpu_2proc.yaml",
         "multi_node_zero3.yaml",
     } <= configs
 
@@ -153,12 +158,9 @@ def test_memory_qlora_below_lora_below_full_finetuning():
 
 def test_memory_zero3_below_zero2_below_ddp_for_full_finetuning():
     full = ["--use_peft", "false"]
-    totals = {
-        name: _total(full, read_launch(os.path.join(CONFIGS, f"{name}.yaml")))
-        for name in ("ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp")
-    }
-    assert totals["deepspeed_zero3"] < totals["deepspeed_zero2"] < totals["ddp"]
-    assert totals["fsdp"] < totals["ddp"]
+    totals = {name: _total(full, read_launch(name)) for name in ("multi_gpu", "zero1", "zero2", "zero3", "fsdp1")}
+    assert totals["zero3"] < totals["zero2"] < totals["zero1"] < totals["multi_gpu"]
+    assert totals["fsdp1"] < totals["multi_gpu"]
 
 
 def test_lora_trainable_parameters_counted_with_peft():
@@ -254,13 +256,16 @@ def test_accelerate_config_loads(path):
 
 
 def test_accelerate_layouts_are_read():
-    zero3 = read_launch(os.path.join(CONFIGS, "deepspeed_zero3.yaml"))
+    zero3 = read_launch("zero3")
     assert (zero3.backend, zero3.zero_stage, zero3.num_processes, zero3.shards()) == ("deepspeed", 3, 8, (8, 8, 8))
-    assert read_launch(os.path.join(CONFIGS, "deepspeed_zero2.yaml")).shards() == (1, 8, 8)
-    assert read_launch(os.path.join(CONFIGS, "fsdp.yaml")).fsdp_sharding == "FULL_SHARD"
-    assert read_launch(os.path.join(CONFIGS, "fsdp2.yaml")).shards() == (8, 8, 8)
-    assert read_launch(os.path.join(CONFIGS, "ddp.yaml")).shards() == (1, 1, 1)
-    multi = read_launch(os.path.join(CONFIGS, "multi_node_zero3.yaml"))
+    assert read_launch(os.path.join(CONFIGS, "zero3.yaml")).shards() == zero3.shards()  # a name or its file
+    assert read_launch("zero2").shards() == (1, 8, 8)
+    assert read_launch("zero1").shards() == (1, 1, 8)
+    assert read_launch("fsdp1").fsdp_sharding == "FULL_SHARD"
+    assert read_launch("fsdp2").shards() == (8, 8, 8)
+    assert read_launch("multi_gpu").shards() == read_launch("ddp").shards() == (1, 1, 1)
+    assert read_launch("zero3", num_processes=4).shards() == (4, 4, 4)  # `--num_processes`, as accelerate launch
+    multi = read_launch("multi_node_zero3")
     assert (multi.num_processes, multi.num_machines) == (16, 2)
 
 

@@ -57,7 +57,7 @@ def test_rollout_ratio_is_one_on_the_first_minibatch_and_dropout_is_off(tiny, tm
     logits, values = trainer.forward(
         trainer.model, batch.query_ids, batch.query_mask, batch.response_ids, batch.response_mask
     )
-    logprobs = core.logprobs_from_logits(logits, batch.response_ids) * batch.response_mask
+    logprobs = core.logprobs_from_logits(logits, batch.response_ids, trainer.args.temperature) * batch.response_mask
     mask = batch.response_mask.float()
     ratio = core.masked_mean(torch.exp(logprobs - batch.logprobs), mask)
     assert ratio.item() == pytest.approx(1.0, abs=1e-6)
@@ -98,7 +98,8 @@ def test_ppo_raises_the_reward_while_kl_stays_bounded(quick_pipeline, tmp_path):
     from hf_rlhf.modeling import load_model_for_inference, load_reward_model
 
     out, _ = quick_pipeline
-    policy, tokenizer = load_model_for_inference(os.path.join(out, "sft"))
+    policy, tokenizer = load_model_for_inference(os.path.join(out, "sft"))  # loaded frozen: train it
+    policy.requires_grad_(True)
     ref, _ = load_model_for_inference(os.path.join(out, "sft"))
     value = load_reward_model(os.path.join(out, "reward"))  # the value model starts from the reward model
     prompts = load_from_disk(os.path.join(out, "data", "prompts"))["train"]

@@ -1,7 +1,8 @@
 """Sampling from a model and measuring it with a reward function (the tiny world's gold labeler, for one).
 
-Generation is batched with left padding; sampling uses the configured temperature with top-k and top-p off, so
-what is measured is the policy's own distribution (the one RL later optimises), not a greedy mode.
+Generation is batched with left padding; sampling uses the configured temperature with every other option off
+(`hf_rlhf.sampling`, nothing inherited from the model's `generation_config`), so what is measured is the policy's own
+distribution (the one RL later optimises), not a greedy mode.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..checks import at_least, non_negative
 from ..encoding import encode_prompt, left_padded
 from ..modeling import load_model_for_inference
+from ..placement import model_device
 from ..ppo.core import logprobs_from_logits, position_ids_from_mask
 from ..reward.scorer import RewardModelScorer, best_of_n
+from ..sampling import generate_with, sampling_config
 
 
 @dataclass
@@ -81,24 +84,15 @@ def generate(
     torch.manual_seed(seed)
     random.seed(seed)
     model.eval()
-    config = GenerationConfig(
-        do_sample=temperature > 0,
-        temperature=temperature if temperature > 0 else None,
-        top_k=0 if temperature > 0 else None,
-        top_p=1.0 if temperature > 0 else None,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = sampling_config(tokenizer, max_new_tokens, temperature)  # nothing from the model's own config
+    device = model_device(model)
     outputs, ids_out = [], []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
         rows = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
         input_ids, attention_mask = left_padded(tokenizer, rows)
-        ids = model.generate(
-            input_ids=input_ids.to(model.device),
-            attention_mask=attention_mask.to(model.device),
-            generation_config=config,
-        )[:, input_ids.shape[1] :]
+        ids = generate_with(model, config, input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))[
+            :, input_ids.shape[1] :
+        ]
         outputs.extend(tokenizer.batch_decode(ids, skip_special_tokens=True))
         for row in ids.tolist():
             end = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
@@ -136,9 +130,9 @@ def sequence_kl(
         for model in (policy, ref_model):
             logits = (
                 model(
-                    input_ids=ids.to(model.device),
-                    attention_mask=mask.to(model.device),
-                    position_ids=positions.to(model.device),
+                    input_ids=ids.to(model_device(model)),
+                    attention_mask=mask.to(model_device(model)),
+                    position_ids=positions.to(model_device(model)),
                 )
                 .logits.float()
                 .cpu()

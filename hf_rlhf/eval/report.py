@@ -44,7 +44,11 @@ def build_report(
     prompts_dir: str | None,
     world_seed: int | None,
 ) -> dict[str, Any]:
-    """Collect stage metrics and, for a tiny-world run, measure every model on the held-out prompts."""
+    """Collect stage metrics and, for a tiny-world run, measure every model on the held-out prompts.
+
+    One process builds it; every model it loads (`load_model_for_inference`, `RewardModelScorer`) is frozen on that
+    process's device (`hf_rlhf.placement`).
+    """
     report: dict[str, Any] = {
         "output_dir": output_dir,
         "stages": {name: require_complete(path)["metrics"] for name, path in stage_dirs.items()},
@@ -99,6 +103,7 @@ def build_report(
         )
         name = f"base ({ev.few_shot_examples}-shot)"
         add_row(name, "pretrain", sample(model, tokenizer, few_shot, name, cut=True), tokenizer)
+        del model  # models are on this process's device (`hf_rlhf.placement`): only those still needed stay there
     if "sft" in stage_dirs:
         sft_model, tokenizer = load_model_for_inference(stage_dirs["sft"])
         chat = conversations

@@ -1,4 +1,4 @@
-"""The launch layout a plan is sized for: one process, or what an accelerate config file describes."""
+"""The launch layout a plan is sized for: one process, or what an accelerate config (a name or a file) describes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass
 
+from ..launching import config_name, resolve_accelerate_config
 from . import DryRunError
 
 DEFAULT_GPU_MEMORY_GB = 80.0
@@ -29,7 +30,8 @@ class Launch:
     gpu_memory_gb: float = DEFAULT_GPU_MEMORY_GB
 
     def describe(self) -> str:
-        where = f" ({shown(self.config_path)})" if self.config_path else " (no accelerate config)"
+        where = f" ({config_name(self.config_path) or shown(self.config_path)})" if self.config_path else ""
+        where = where or " (no accelerate config)"
         machines = f" on {self.num_machines} machines" if self.num_machines > 1 else ""
         if self.backend == "deepspeed":
             offload = " + optimizer offload" if self.offload_optimizer else ""
@@ -62,23 +64,33 @@ class Launch:
         return 1, 1, 1
 
 
-def read_launch(path: str | None, gpu_memory_gb: float | None = None) -> Launch:
-    """The layout of an accelerate config file (`accelerate launch --config_file`); one process when `None`."""
+def read_launch(
+    path: str | None,
+    gpu_memory_gb: float | None = None,
+    num_processes: int | None = None,
+    num_machines: int | None = None,
+) -> Launch:
+    """The layout of an accelerate config (a named config or a file, resolved as `hf-rlhf --accelerate_config`
+    resolves it: `hf_rlhf.launching`); one process when `None`. `num_processes` and `num_machines` override the
+    file's, as the same options of `hf-rlhf ... --accelerate_config` override them for `accelerate launch`."""
     launch = Launch(gpu_memory_gb=gpu_memory_gb or DEFAULT_GPU_MEMORY_GB)
     if not path:
+        if num_processes or num_machines:
+            raise DryRunError(
+                "--num_processes and --num_machines change an accelerate config: add --accelerate_config"
+            )
         return launch
     from accelerate.commands.config.config_args import load_config_from_file
 
-    if not os.path.isfile(path):
-        raise DryRunError(f"accelerate config '{path}' does not exist")
+    path = resolve_accelerate_config(path)
     try:
         config = load_config_from_file(path)
     except Exception as e:  # accelerate raises ValueError/TypeError/YAMLError for a bad file
         raise DryRunError(f"accelerate config '{path}' cannot be loaded: {e}") from e
     kind = getattr(config.distributed_type, "value", str(config.distributed_type))
     launch.config_path = path
-    launch.num_processes = max(1, int(getattr(config, "num_processes", 1) or 1))
-    launch.num_machines = max(1, int(getattr(config, "num_machines", 1) or 1))
+    launch.num_processes = max(1, int(num_processes or getattr(config, "num_processes", 1) or 1))
+    launch.num_machines = max(1, int(num_machines or getattr(config, "num_machines", 1) or 1))
     precision = str(config.mixed_precision or "no").lower()
     launch.mixed_precision = precision if precision in ("bf16", "fp16") else None
     if kind == "DEEPSPEED":

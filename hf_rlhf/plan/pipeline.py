@@ -16,6 +16,7 @@ from typing import Any
 
 from ..data.world import WORLD_DATASETS
 from ..errors import RecipeError
+from ..launching import LAUNCH_OPTIONS, names_text
 from ..pipeline import command_line, merged_dir, stage_arguments, stage_values
 from ..recipes import PipelineRecipe, load_pipeline_recipe, load_yaml_mapping, parse_command_line
 from ..stages import STAGES
@@ -69,22 +70,26 @@ def plan_pipeline(
     until: str | None = None,
     replace: str | None = None,
     extra: dict[str, Any] | None = None,
+    layout: dict[str, int] | None = None,
 ) -> PipelinePlan:
     """Plan every stage of a pipeline recipe (up to `until`), each stage's output feeding the next.
 
     Args:
         path (`str`): The pipeline recipe.
         output_dir (`str`, *optional*): Overrides the recipe's output directory.
-        accelerate_config (`str`, *optional*): Overrides the recipe's `launch.accelerate_config`.
+        accelerate_config (`str`, *optional*): A named config or a file; overrides the recipe's
+            `launch.accelerate_config`, as for the real run (`hf_rlhf.launching`).
         gpu_memory_gb (`float`, *optional*): GPU memory per device; default the recipe's `launch.gpu_memory_gb`, 80.
         until (`str`, *optional*): Plan the stages up to this one only.
         replace (`str`, *optional*): A stage recipe that takes the place of `until`'s recipe.
         extra (`dict`, *optional*): Values that override `until`'s (the command line of `hf-rlhf <stage>`).
+        layout (`dict`, *optional*): `num_processes` / `num_machines` overriding the accelerate config's.
     """
     recipe = load_pipeline_recipe(path, output_dir)
     launch = read_launch(
         accelerate_config or recipe.launch.get("accelerate_config"),
         gpu_memory_gb or recipe.launch.get("gpu_memory_gb"),
+        **(layout or {}),
     )
     ctx = Context(launch)
     sources: dict[str, str] = {}
@@ -164,16 +169,32 @@ def argv_values(argv: list[str]) -> dict[str, Any]:
     return values
 
 
+def add_launch_options(parser: argparse.ArgumentParser) -> None:
+    """`--accelerate_config` and the options `hf-rlhf` passes to `accelerate launch`, as the real run takes them."""
+    parser.add_argument(
+        "--accelerate_config",
+        metavar="NAME|FILE",
+        help=f"Plan for this accelerate config (default the recipe's launch.accelerate_config): {names_text()}.",
+    )
+    for option in LAUNCH_OPTIONS:
+        kind = int if option in ("num_processes", "num_machines") else str
+        parser.add_argument(f"--{option}", type=kind, help="As for `accelerate launch` (the layout's size only).")
+
+
+def launch_layout(args: argparse.Namespace) -> dict[str, int]:
+    return {key: getattr(args, key) for key in ("num_processes", "num_machines") if getattr(args, key) is not None}
+
+
 def stage_main(argv: list[str]) -> StagePlan:
     """`hf-rlhf <stage> --config <recipe> [options] --dry-run`: print the stage's plan and memory estimate."""
     stage, rest = argv[0], list(argv[1:])
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--dry-run", action="store_true")
-    pre.add_argument("--accelerate_config")
     pre.add_argument("--gpu_memory_gb", type=float)
     pre.add_argument("--config")
+    add_launch_options(pre)
     opts, extra = pre.parse_known_args(rest)
-    config = opts.config
+    config, layout = opts.config, launch_layout(opts)
     found = find_pipeline(config, stage) if config and os.path.isfile(config) else None
     if found is not None:
         pipeline_path, replaced = found
@@ -184,12 +205,13 @@ def stage_main(argv: list[str]) -> StagePlan:
             until=stage,
             replace=config if replaced else None,
             extra=argv_values(extra),
+            layout=layout,
         )
         plan, launch = pipeline.stages[-1], pipeline.launch
         how = f"in place of its '{stage}' recipe" if replaced else f"as its '{stage}' stage"
         header = f"hf-rlhf dry run of {config}, planned {how} in {shown(pipeline_path)} (inputs wired by the pipeline)"
     else:
-        launch = read_launch(opts.accelerate_config, opts.gpu_memory_gb)
+        launch = read_launch(opts.accelerate_config, opts.gpu_memory_gb, **layout)
         plan = plan_stage(stage, (["--config", config] if config else []) + extra, Context(launch))
         header = f"hf-rlhf dry run of {config or 'the command line'}"
     print("\n".join([f"{header}: {HEADER}", f"launch  {launch.describe()}", ""]))
@@ -207,9 +229,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--dry-run", action="store_true", help="Plan only (what brings you here).")
     parser.add_argument("--output_dir", help="Override the recipe's output directory.")
     parser.add_argument("--overwrite", action="store_true", help="Ignored: a plan runs nothing.")
-    parser.add_argument("--accelerate_config", help="Plan for this accelerate config file.")
     parser.add_argument("--gpu_memory_gb", type=float, help="GPU memory per device, GiB (default 80).")
+    add_launch_options(parser)
     args = parser.parse_args(argv)
-    plan = plan_pipeline(args.recipe, args.output_dir, args.accelerate_config, args.gpu_memory_gb)
+    plan = plan_pipeline(
+        args.recipe, args.output_dir, args.accelerate_config, args.gpu_memory_gb, layout=launch_layout(args)
+    )
     print(plan.format())
     return plan.to_dict()

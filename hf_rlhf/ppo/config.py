@@ -16,6 +16,11 @@ class PPOConfig(TrainingArguments):
     passes over the rollouts is split into `num_mini_batches` shuffled minibatches, each one optimizer step
     accumulated over `gradient_accumulation_steps` micro-batches. `max_steps` counts PPO updates (rollouts).
 
+    Precision: `bf16` / `fp16` turn on one autocast for every forward (generation, rollout, reference, update); the
+    policy's and the value model's gradients are clipped separately. `optim`, `optim_args`, `adam_*`, `weight_decay`,
+    `lr_scheduler_type`, `lr_scheduler_kwargs`, warm-up and `gradient_checkpointing` are honoured; options PPO does not
+    use (`torch_compile`, `eval_strategy`, `deepspeed`, ...) are refused (`hf_rlhf.ppo.setup`).
+
     Defaults that differ from `TrainingArguments`: `learning_rate=3e-6` (PPO's usual), `logging_steps=1` (one log per
     update), `save_strategy="no"`, `max_steps=100`.
     """
@@ -77,6 +82,13 @@ class PPOConfig(TrainingArguments):
     cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clip range."})
     cliprange_value: float = field(default=0.2, metadata={"help": "Value clip range."})
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
+    value_learning_rate: float | None = field(
+        default=None, metadata={"help": "Learning rate of the value model (None: learning_rate)."}
+    )
+    value_max_grad_norm: float | None = field(
+        default=None,
+        metadata={"help": "Gradient clipping of the value model, apart from the policy's (None: max_grad_norm)."},
+    )
 
     @property
     def rollout_batch_size(self) -> int:
@@ -90,3 +102,21 @@ class PPOConfig(TrainingArguments):
             raise ValueError(f"temperature must be > 0 for PPO sampling, got {self.temperature}")
         if min(self.num_mini_batches, self.num_ppo_epochs, self.max_new_tokens) < 1:
             raise ValueError("num_mini_batches, num_ppo_epochs and max_new_tokens must be >= 1")
+
+
+def unsupported_layout(backend: str, zero_stage: int = 0) -> str | None:
+    """Why PPO cannot run under a launch layout (`backend`: single | ddp | deepspeed | fsdp), or `None`.
+
+    Shared by the trainer and the dry run. Under ZeRO-3 and FSDP the policy's parameters are sharded, so generation
+    would need them gathered at every step, and the frozen reference and reward models (never prepared) would not be
+    sharded at all.
+    """
+    if backend == "fsdp" or (backend == "deepspeed" and zero_stage == 3):
+        what = "FSDP" if backend == "fsdp" else "DeepSpeed ZeRO-3"
+        return (
+            f"hf_rlhf's PPO does not run under {what} (generation would need the sharded policy gathered, and the "
+            "frozen reference and reward models are not sharded): launch with `--accelerate_config multi_gpu` (DDP) "
+            "or `zero2`, with LoRA/QLoRA (`use_peft`, `shared_base`) for a model that does not fit one GPU; "
+            "`algorithm: grpo` or `rloo` (TRL) run under ZeRO-3 and FSDP"
+        )
+    return None

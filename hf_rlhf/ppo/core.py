@@ -7,6 +7,9 @@ estimator or reward shaping passes their own function to the trainer instead.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -81,15 +84,40 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Log-probability of each token under the logits: (B, T, V), (B, T) -> (B, T)."""
-    return torch.gather(logits.log_softmax(-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
+FP32_CHUNK_ELEMENTS = 2**26  # logits upcast to fp32 at most this many values at a time (256 MB)
 
 
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of each position's distribution: (B, T, V) -> (B, T)."""
-    logp = logits.log_softmax(-1)
-    return -(logp.exp() * logp).sum(-1)
+def row_chunks(logits: torch.Tensor) -> range:
+    """Start rows of the chunks in which (B, T, V) logits are upcast to fp32."""
+    per_row = max(1, logits.shape[1] * logits.shape[2])
+    return range(0, logits.shape[0], max(1, FP32_CHUNK_ELEMENTS // per_row))
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probability of each token under the logits, in fp32 whatever the logits' dtype: (B, T, V), (B, T) -> (B, T).
+
+    Computed as the token's logit minus the log-sum-exp of its row, upcast one chunk of rows at a time, so a batch
+    of bf16 logits never has a full-vocabulary fp32 copy (nor a stored log-softmax) all at once. `temperature`
+    divides the upcast logits.
+    """
+    out = []
+    step = row_chunks(logits).step
+    for start in row_chunks(logits):
+        chunk = logits[start : start + step].float() / temperature
+        picked = torch.gather(chunk, 2, tokens[start : start + step].unsqueeze(-1)).squeeze(-1)
+        out.append(picked - torch.logsumexp(chunk, -1))
+    return torch.cat(out) if out else logits.new_zeros(tokens.shape, dtype=torch.float)
+
+
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of each position's distribution, in fp32: (B, T, V) -> (B, T); upcast one chunk of rows at a time."""
+    out = []
+    step = row_chunks(logits).step
+    for start in row_chunks(logits):
+        chunk = logits[start : start + step].float() / temperature
+        logp = chunk.log_softmax(-1)
+        out.append(-(logp.exp() * logp).sum(-1))
+    return torch.cat(out) if out else logits.new_zeros(logits.shape[:2], dtype=torch.float)
 
 
 # ------------------------------------------------------------------------------------------------ rewards
@@ -210,11 +238,18 @@ class AdaptiveKLController(FixedKLController):
 DROPOUT_ATTRIBUTES = ("attention_dropout", "hidden_dropout", "dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop")
 
 
-def disable_dropout(model: nn.Module) -> None:
+def config_dropout(model: nn.Module) -> dict[str, float]:
+    """The dropout rates of a model's config (what `original_dropout` puts back when saving)."""
+    config = getattr(model, "config", None)
+    return {n: getattr(config, n) for n in DROPOUT_ATTRIBUTES if isinstance(getattr(config, n, None), float)}
+
+
+def disable_dropout(model: nn.Module) -> dict[str, float]:
     """Dropout off everywhere: logprobs of the rollout and of the update must come from the same function.
 
     Covers `nn.Dropout` modules, and the float rates that attention layers copy from the config at init and apply
-    functionally (e.g. `LlamaAttention.attention_dropout`), in the modules and in the config.
+    functionally (e.g. `LlamaAttention.attention_dropout`), in the modules and in the config. Returns the config's
+    original rates, for `original_dropout` to put back in what is saved.
     """
     for module in model.modules():
         if isinstance(module, nn.Dropout):
@@ -223,6 +258,23 @@ def disable_dropout(model: nn.Module) -> None:
             if isinstance(getattr(module, name, None), float):
                 setattr(module, name, 0.0)
     config = getattr(model, "config", None)
+    original = {}
     for name in DROPOUT_ATTRIBUTES:
         if config is not None and isinstance(getattr(config, name, None), float):
+            original[name] = getattr(config, name)
             setattr(config, name, 0.0)
+    return original
+
+
+@contextlib.contextmanager
+def original_dropout(model: nn.Module, rates: dict[str, float]) -> Iterator[None]:
+    """Within the block the model's config holds its original dropout rates (for `save_pretrained`)."""
+    config = getattr(model, "config", None)
+    current = {name: getattr(config, name) for name in rates} if config is not None else {}
+    for name, value in rates.items():
+        setattr(config, name, value)
+    try:
+        yield
+    finally:
+        for name, value in current.items():
+            setattr(config, name, value)

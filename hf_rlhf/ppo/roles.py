@@ -67,10 +67,17 @@ class AdapterScalarModel(nn.Module):
     (B, 1) read at the last attended token; `per_token_scores` gives the head at every position (the value model).
     """
 
-    def __init__(self, peft_model: nn.Module, adapter_name: str, head: nn.Linear):
+    def __init__(
+        self, peft_model: nn.Module, adapter_name: str, head: nn.Linear, parameter_names: frozenset[str] = frozenset()
+    ):
         super().__init__()
         self._shared = (peft_model,)  # a tuple: not a submodule
         self.adapter_name, self.score = adapter_name, head
+        self.parameter_names = parameter_names  # this adapter's parameters in the shared model
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """This role's adapter weights in the shared model (the head is this module's own parameter)."""
+        return [p for n, p in self.peft_model.named_parameters() if n in self.parameter_names]
 
     @property
     def peft_model(self) -> nn.Module:
@@ -124,7 +131,9 @@ def add_scalar_adapter(peft_model: nn.Module, reward_path: str, name: str, train
 
     config = LoraConfig.from_pretrained(reward_path)
     config.task_type, config.modules_to_save, config.inference_mode = "CAUSAL_LM", None, not trainable
+    before = {n for n, _ in peft_model.named_parameters()}
     peft_model.add_adapter(name, config)
+    added = frozenset(n for n, _ in peft_model.named_parameters() if n not in before)
     state = load_file(os.path.join(reward_path, "adapter_model.safetensors"))
     lora = {k: v for k, v in state.items() if "lora_" in k}
     result = set_peft_model_state_dict(peft_model, lora, adapter_name=name)
@@ -139,7 +148,7 @@ def add_scalar_adapter(peft_model: nn.Module, reward_path: str, name: str, train
         head.bias.copy_(bias.float())
     head.requires_grad_(trainable)
     device = next(p.device for p in peft_model.parameters())
-    return AdapterScalarModel(peft_model, name, head.to(device))
+    return AdapterScalarModel(peft_model, name, head.to(device), added)
 
 
 def shared_roles(peft_policy: nn.Module, reward_path: str) -> tuple[AdapterScalarModel, AdapterScalarModel]:
@@ -149,5 +158,5 @@ def shared_roles(peft_policy: nn.Module, reward_path: str) -> tuple[AdapterScala
     value = add_scalar_adapter(peft_policy, reward_path, "value", trainable=True)
     reward = add_scalar_adapter(peft_policy, reward_path, "reward", trainable=False)
     for n, p in peft_policy.named_parameters():  # the policy's as before; the value adapter's train; the reward's not
-        p.requires_grad_(flags[n] if n in flags else ".value." in n)
+        p.requires_grad_(flags[n] if n in flags else n in value.parameter_names)
     return value, reward

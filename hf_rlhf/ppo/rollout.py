@@ -12,6 +12,7 @@ from torch import nn
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..encoding import encode_prompt, left_padded
+from ..sampling import generate_with
 from . import core
 
 
@@ -57,6 +58,18 @@ class PolicyAndValue(nn.Module):
         values = sequence_values(self.value_model, input_ids, attention_mask, position_ids)
         return logits[:, context_length - 1 : -1], values[:, context_length - 1 : -1]
 
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The trainable parameters of the policy and of the value model (its own adapter and head on a shared base),
+        for the optimizer's groups and for clipping each model's gradients apart."""
+        value = {id(p) for p in self.value_model.parameters()}
+        if hasattr(self.value_model, "adapter_parameters"):  # a role of the shared base (`hf_rlhf.ppo.roles`)
+            value |= {id(p) for p in self.value_model.adapter_parameters()}
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return {
+            "policy": [p for p in trainable if id(p) not in value],
+            "value": [p for p in trainable if id(p) in value],
+        }
+
 
 def sequence_values(model: PreTrainedModel, input_ids, attention_mask, position_ids) -> torch.Tensor:
     """A sequence-classification model's head applied at every position: (B, L).
@@ -93,23 +106,6 @@ def prompt_batches(train_dataset, batch_size: int, seed: int, world_size: int = 
         yield [train_dataset[i]["prompt"] for i in mine]
 
 
-def sampling_config(tokenizer: PreTrainedTokenizerBase, temperature: float, max_new_tokens: int) -> GenerationConfig:
-    """Plain temperature sampling: top-k, top-p, min-p, typical-p and repetition penalty off, whatever the model's
-    own generation config says (the logprobs PPO computes are those of this distribution)."""
-    return GenerationConfig(
-        do_sample=True,
-        temperature=temperature,
-        top_k=0,
-        top_p=1.0,
-        min_p=None,
-        typical_p=1.0,
-        repetition_penalty=1.0,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-
-
 def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[Any], device) -> tuple[torch.Tensor, ...]:
     """Left-padded query ids and attention mask (B, P) of text or conversational prompts (chat template), encoded by
     `hf_rlhf.encoding.encode_prompt`."""
@@ -125,7 +121,7 @@ def generate_responses(
     for start in range(0, len(query_ids), batch_size):
         q, m = query_ids[start : start + batch_size], query_mask[start : start + batch_size]
         # generate derives position ids from the attention mask, so left padding does not shift them
-        out = policy.generate(input_ids=q, attention_mask=m, generation_config=generation_config)
+        out = generate_with(policy, generation_config, input_ids=q, attention_mask=m)
         chunks.append(out[:, q.shape[1] :])
     width, pad = max(c.shape[1] for c in chunks), generation_config.pad_token_id
     return torch.cat([nn.functional.pad(c, (0, width - c.shape[1]), value=pad) for c in chunks])

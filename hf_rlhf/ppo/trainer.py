@@ -10,6 +10,7 @@ One update is four short steps, each a method a subclass can replace:
    whitening over valid tokens;
 4. `update`: PPO epochs over shuffled minibatches with gradient accumulation, clipped policy and value losses.
 
+Precision, optimizer, clipping and the refused layouts (ZeRO-3, FSDP): `hf_rlhf.ppo.setup`.
 Deliberately left out: a separate value-head class (the value model is any sequence-classification model, its head
 applied to every position), reward models with another tokenizer than their own (responses are decoded and re-encoded
 by `hf_rlhf.reward.scorer.encode_for_reward`), and vLLM generation.
@@ -17,21 +18,22 @@ by `hf_rlhf.reward.scorer.encode_for_reward`), and vLLM generation.
 
 from __future__ import annotations
 
-import json
+import logging
 import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import NonFiniteLossError, TrainingInterrupted
+from ..placement import frozen
 from ..resilience import (
     StopRequest,
     interrupted_message,
@@ -41,21 +43,17 @@ from ..resilience import (
     resolve_resume,
 )
 from ..reward.scorer import RewardFunction
-from . import checkpoint, core
+from ..sampling import sampling_config
+from . import checkpoint, core, setup
 from .config import PPOConfig
+from .logs import PPOLogging
 from .roles import adapters_disabled
-from .rollout import (
-    PolicyAndValue,
-    Rollout,
-    encode_prompts,
-    generate_responses,
-    prompt_batches,
-    rollout_statistics,
-    sampling_config,
-)
+from .rollout import PolicyAndValue, Rollout, encode_prompts, generate_responses, prompt_batches
+
+logger = logging.getLogger(__name__)
 
 
-class PPOTrainer:
+class PPOTrainer(PPOLogging):
     """PPO with a KL penalty to a reference model, for causal LMs.
 
     Args:
@@ -75,6 +73,8 @@ class PPOTrainer:
         reward_stats (`dict`, *optional*): `{"mean", "std"}` of the first reward function's score for
             `normalize_reward` (the reward stage's manifest).
         advantage_fn: `(rewards, values, mask, gamma, lam) -> (advantages, returns)`; GAE by default.
+        completions_log (`hf_rlhf.completions_log.CompletionsLog`, *optional*): Logs a table of sample completions
+            with their scores every `every` updates (main process).
     """
 
     def __init__(
@@ -90,6 +90,7 @@ class PPOTrainer:
         reward_names: Sequence[str] | None = None,
         reward_stats: dict[str, float] | None = None,
         advantage_fn: Callable = core.gae,
+        completions_log=None,
     ):
         if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
             raise ValueError("PPO needs a PAD token distinct from EOS (responses are cut after the first EOS)")
@@ -103,35 +104,36 @@ class PPOTrainer:
         )
         if len(self.reward_weights) != len(self.reward_funcs) or len(self.reward_names) != len(self.reward_funcs):
             raise ValueError("reward_weights and reward_names need one entry per reward function")
-        self.reward_stats, self.advantage_fn = reward_stats, advantage_fn
-
-        self.accelerator = Accelerator(
-            gradient_accumulation_steps=args.gradient_accumulation_steps,
-            cpu=args.use_cpu,
-            log_with=[r for r in (args.report_to or []) if r != "none"] or None,
-            step_scheduler_with_optimizer=False,  # stepped once per optimizer step, not once per process
-        )
+        self.reward_stats, self.advantage_fn, self.completions_log = reward_stats, advantage_fn, completions_log
+        if ref_policy is None and not hasattr(policy, "disable_adapter"):
+            raise ValueError(
+                "ref_policy=None makes the policy with its adapters disabled the reference, which needs a peft "
+                "(LoRA) policy; pass a frozen copy of the SFT model as ref_policy"
+            )
+        setup.check_options(args)
+        self.logging_dir = setup.default_logging_dir(args)
+        self.accelerator = setup.make_accelerator(args, self.logging_dir)
         if self.accelerator.num_processes > 1:  # each process samples its own responses: seed + process index
             set_seed(args.seed, device_specific=True)
+        self.dropout_rates = [core.config_dropout(model) for model in (policy, value_model)]  # put back when saved
         for model in (policy, value_model, ref_policy):
             if model is not None:
                 core.disable_dropout(model)
+        setup.set_precision(self.accelerator, policy, value_model)
+        setup.gradient_checkpointing(args, policy, value_model)
         self.model = PolicyAndValue(policy, value_model)
-        self.ref_policy = ref_policy
-        if ref_policy is not None:
-            ref_policy.eval().requires_grad_(False)
-            self.ref_policy = ref_policy.to(self.accelerator.device)
+        self.ref_policy = None if ref_policy is None else frozen(ref_policy, self.accelerator.device)
         self.num_updates = args.max_steps
-        optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad],
-            lr=args.learning_rate,
-            weight_decay=args.weight_decay,
-            betas=(args.adam_beta1, args.adam_beta2),
-            eps=args.adam_epsilon,
-        )
-        num_steps = self.num_updates * args.num_ppo_epochs * args.num_mini_batches
-        scheduler = get_scheduler(
-            args.lr_scheduler_type, optimizer, args.get_warmup_steps(num_steps), num_training_steps=num_steps
+        self.param_groups = self.model.parameter_groups()
+        for role, params in self.param_groups.items():
+            if not params:
+                raise ValueError(
+                    f"the {role} model has no trainable parameters (every requires_grad is False; a model from "
+                    "`load_model_for_inference` is frozen): PPO would not train it"
+                )
+        optimizer = setup.make_optimizer(args, self.model, self.param_groups)
+        scheduler = setup.make_scheduler(
+            args, optimizer, self.num_updates * args.num_ppo_epochs * args.num_mini_batches
         )
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
         self.kl_ctl = (
@@ -140,7 +142,7 @@ class PPOTrainer:
             else core.FixedKLController(args.kl_coef)
         )
         self.global_step, self.history = 0, []
-        self.generation_config = sampling_config(tokenizer, args.temperature, args.max_new_tokens)
+        self.generation_config = sampling_config(tokenizer, args.max_new_tokens, args.temperature)
 
     # ------------------------------------------------------------------------------------------ prompts
     def prompt_batches(self) -> Iterator[list[Any]]:
@@ -152,11 +154,13 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------------------------------ rollout
     def forward(self, model: nn.Module, query_ids, query_mask, response_ids, response_mask):
-        """The training forward pass: (logits / temperature, values) for the response tokens."""
+        """The training forward pass under the run's autocast: (logits, fp32 values) for the response tokens; the
+        log-probabilities are `core.logprobs_from_logits(logits, response_ids, temperature)` (fp32)."""
         input_ids = torch.cat([query_ids, response_ids], 1)
         attention_mask = torch.cat([query_mask, response_mask], 1)
-        logits, values = model(input_ids, attention_mask, query_ids.shape[1])
-        return logits / self.args.temperature, values
+        with self.accelerator.autocast():
+            logits, values = model(input_ids, attention_mask, query_ids.shape[1])
+        return logits, values.float()
 
     def reference_logprobs(self, query_ids, query_mask, response_ids, response_mask) -> torch.Tensor:
         """Logprobs of the responses under the reference model, with the same temperature."""
@@ -164,14 +168,14 @@ class PPOTrainer:
         attention_mask = torch.cat([query_mask, response_mask], 1)
         position_ids = core.position_ids_from_mask(attention_mask)
         ref = self.ref_policy
-        if ref is None:  # a peft policy: the reference is the base with the adapter disabled
-            policy = self.accelerator.unwrap_model(self.model).policy
-            with adapters_disabled(policy):
-                logits = policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-        else:
+        with ExitStack() as stack:
+            stack.enter_context(self.accelerator.autocast())  # the policy's precision: KL is 0 at initialisation
+            if ref is None:  # a peft policy: the reference is the base with the adapter disabled
+                ref = self.accelerator.unwrap_model(self.model).policy
+                stack.enter_context(adapters_disabled(ref))
             logits = ref(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-        logits = logits[:, query_ids.shape[1] - 1 : -1] / self.args.temperature
-        return core.logprobs_from_logits(logits, response_ids)
+        logits = logits[:, query_ids.shape[1] - 1 : -1]
+        return core.logprobs_from_logits(logits, response_ids, self.args.temperature)
 
     @torch.no_grad()
     def rollout(self, prompts: list[Any]) -> Rollout:
@@ -180,15 +184,16 @@ class PPOTrainer:
         query_ids, query_mask = encode_prompts(tok, prompts, self.accelerator.device)
         unwrapped = self.accelerator.unwrap_model(self.model)
         unwrapped.eval()
-        generated = generate_responses(unwrapped.policy, query_ids, query_mask, self.generation_config, step)
+        with self.accelerator.autocast():  # sample from the distribution the update trains
+            generated = generate_responses(unwrapped.policy, query_ids, query_mask, self.generation_config, step)
         response_ids, response_mask, has_eos = core.truncate_after_eos(generated, tok.eos_token_id, tok.pad_token_id)
         logprobs, ref_logprobs, values, entropy = [], [], [], []
         for start in range(0, len(prompts), step):
             rows = slice(start, start + step)
             args = (query_ids[rows], query_mask[rows], response_ids[rows], response_mask[rows])
             logits, value = self.forward(self.model, *args)
-            logprobs.append(core.logprobs_from_logits(logits, response_ids[rows]))
-            entropy.append(core.entropy_from_logits(logits))
+            logprobs.append(core.logprobs_from_logits(logits, response_ids[rows], self.args.temperature))
+            entropy.append(core.entropy_from_logits(logits, self.args.temperature))
             values.append(value)
             ref_logprobs.append(self.reference_logprobs(*args))
         mask = response_mask.float()
@@ -280,13 +285,14 @@ class PPOTrainer:
         logits, values = self.forward(
             self.model, batch.query_ids, batch.query_mask, batch.response_ids, batch.response_mask
         )
-        logprobs = core.logprobs_from_logits(logits, batch.response_ids)
+        logprobs = core.logprobs_from_logits(logits, batch.response_ids, args.temperature)
         pg_loss, pg_stats = core.policy_loss(logprobs, batch.logprobs, batch.advantages, mask, args.cliprange)
         vf_loss, vf_stats = core.value_loss(values, batch.values, batch.returns, mask, args.cliprange_value)
         loss = pg_loss + args.vf_coef * vf_loss
         self.accelerator.backward(loss)
-        if self.accelerator.sync_gradients and args.max_grad_norm:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+        norms = (
+            setup.clip_gradients(self.accelerator, args, self.param_groups) if self.accelerator.sync_gradients else {}
+        )
         self.optimizer.step()
         if self.accelerator.sync_gradients and not self.accelerator.optimizer_step_was_skipped:
             self.scheduler.step()
@@ -294,16 +300,10 @@ class PPOTrainer:
         out = {"loss/policy": pg_loss.item(), "loss/value": vf_loss.item()}
         out.update({f"policy/{k}": v.item() for k, v in pg_stats.items()})
         out.update({f"value/{k}": v.item() for k, v in vf_stats.items()})
+        out.update(norms)
         return out
 
     # ------------------------------------------------------------------------------------------------ loop
-    def rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
-        """Statistics of one rollout over valid tokens only, averaged over every process."""
-        local = rollout_statistics(rollout, self.kl_ctl.value)
-        stacked = torch.stack([v.float() for v in local.values()])
-        reduced = self.accelerator.reduce(stacked, reduction="mean")
-        return {k: v.item() for k, v in zip(local, reduced, strict=True)}
-
     def train(self, resume_from_checkpoint: str | bool | None = None) -> list[dict[str, float]]:
         """Run `max_steps` PPO updates; returns the logged history.
 
@@ -316,6 +316,9 @@ class PPOTrainer:
             remove_incomplete_checkpoints(self.args.output_dir, keep=resume)
         if self.args.report_to and self.args.report_to != ["none"] and self.accelerator.log_with:
             self.accelerator.init_trackers(self.args.run_name or "hf_rlhf_ppo", config=self.args.to_sanitized_dict())
+            board = next((t for t in self.accelerator.trackers if t.name == "tensorboard"), None)
+            if board is not None and self.completions_log is not None:  # the table beside the scalars
+                self.completions_log.logging_dir = board.logging_dir
         batches = self.prompt_batches()
         if resume:
             self.load_checkpoint(resume)
@@ -370,16 +373,9 @@ class PPOTrainer:
         self.history.append(metrics)
         if self.global_step % max(1, int(self.args.logging_steps)) == 0:
             self.log(metrics)
+        if self.completions_log is not None and self.completions_log.due(self.global_step):
+            self.log_completions(rollout)
         return metrics
-
-    def log(self, metrics: dict[str, float]) -> None:
-        if self.accelerator.log_with:
-            self.accelerator.log(metrics, step=self.global_step)
-        if self.accelerator.is_main_process:
-            keys = ("score", "kl", "entropy", "policy/clipfrac", "response_length", "missing_eos_rate")
-            tqdm.write(
-                json.dumps({"step": self.global_step, **{k: round(metrics[k], 4) for k in keys if k in metrics}})
-            )
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> str:
@@ -394,5 +390,11 @@ class PPOTrainer:
         self.kl_ctl.load_state_dict(state["kl_ctl"])
 
     def save_model(self, output_dir: str) -> None:
-        """Save the trained policy (with LoRA, its adapter only) and tokenizer; the value model to `value_model/`."""
-        checkpoint.save_model(self.accelerator, self.model, self.tokenizer, output_dir)
+        """Save the trained policy (with LoRA, its adapter only) and tokenizer; the value model to `value_model/`;
+        each config with its original dropout rates."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        with (
+            core.original_dropout(unwrapped.policy, self.dropout_rates[0]),
+            core.original_dropout(unwrapped.value_model, self.dropout_rates[1]),
+        ):
+            checkpoint.save_model(self.accelerator, self.model, self.tokenizer, output_dir)

@@ -27,6 +27,7 @@ from ..data.loading import load_stage_dataset
 from ..data.world import TinyWorld, is_world_question
 from ..encoding import encode_chat, encode_text, strip_eos_text
 from ..modeling import SCORE_BIAS_FLAG, load_reward_model, load_tokenizer, reward_head
+from ..placement import frozen, load_kwargs, model_device
 
 RewardFunction = Callable[[list[Any], list[Any]], list[float]]
 REWARD_ENCODING = "hf_rlhf_reward_encoding"  # config attribute: "chat" or "text", how the reward model was trained
@@ -107,9 +108,10 @@ def shift_reward(model: PreTrainedModel, offset: float) -> None:
 def score_sequences(
     model: PreTrainedModel, input_ids: Sequence[Sequence[int]], pad_token_id: int, batch_size: int = 32
 ) -> torch.Tensor:
-    """Rewards of already-encoded sequences, right-padded in batches; returns a float tensor of shape (n,)."""
+    """Rewards of already-encoded sequences, right-padded in batches, on the model's device (`model_device`);
+    returns a float tensor of shape (n,) on the CPU."""
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     out = []
     for start in range(0, len(input_ids), batch_size):
         batch = [torch.tensor(ids) for ids in input_ids[start : start + batch_size]]
@@ -126,7 +128,9 @@ class RewardModelScorer:
     """A trained reward model as a reward function `f(prompts, completions) -> list[float]`.
 
     Args:
-        path_or_model: A reward stage directory, or an already loaded model.
+        path_or_model: A reward stage directory (or Hub id), loaded frozen on this process's device
+            (`hf_rlhf.placement`); or an already loaded model, used where it is (the caller places it: PPO's
+            shared-base reward adapter is part of the policy).
         tokenizer: Needed when a model object is given.
         batch_size: Sequences scored at a time.
         directory: The reward model's directory, where its encoding is recorded, when a model object is given
@@ -142,7 +146,7 @@ class RewardModelScorer:
         directory: str | None = None,
     ):
         if isinstance(path_or_model, str):
-            self.model = load_reward_model(path_or_model, trust_remote_code=trust_remote_code)
+            self.model = frozen(load_reward_model(path_or_model, trust_remote_code=trust_remote_code, **load_kwargs()))
             tokenizer = tokenizer or load_tokenizer(path_or_model, trust_remote_code=trust_remote_code)
         else:
             self.model = path_or_model

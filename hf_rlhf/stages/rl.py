@@ -80,6 +80,12 @@ def check_arguments(data_args: DataArguments, rl_args: RLArguments, training_arg
         raise RecipeError("shared_base is a PPO layout")
     if rl_args.algorithm != "ppo":
         return
+    from ..ppo.setup import check_options
+
+    try:
+        check_options(training_args)  # TrainingArguments options PPO would ignore
+    except ValueError as e:
+        raise RecipeError(str(e)) from e
     if (model_args.load_in_4bit or model_args.load_in_8bit) and not model_args.use_peft:
         raise RecipeError("a 4/8-bit policy cannot be trained in full: set `use_peft: true` (QLoRA)")
     if shared_base and (not model_args.use_peft or not rl_args.reward_model_path or rl_args.value_model_path):
@@ -144,8 +150,28 @@ def run_ppo(
     policy, ref_policy, value_model = ppo_models(
         policy, tokenizer, rl_args, training_args, model_args, funcs, value_init
     )
+    completions_log = None
+    if rl_args.log_completions_steps:
+        from ..completions_log import CompletionsLog
+
+        completions_log = CompletionsLog(
+            training_args.output_dir,
+            rl_args.log_completions_steps,
+            rl_args.log_completions_rows,
+            training_args.report_to,
+        )
     trainer = PPOTrainer(
-        training_args, policy, ref_policy, value_model, tokenizer, train, funcs, weights, names, stats
+        training_args,
+        policy,
+        ref_policy,
+        value_model,
+        tokenizer,
+        train,
+        funcs,
+        weights,
+        names,
+        stats,
+        completions_log=completions_log,
     )
     trainable, total = trainable_parameters(trainer.model)
     logger.info("PPO trains %d of %d parameters (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
@@ -163,24 +189,38 @@ def run_ppo(
 def run_trl(algorithm, policy, tokenizer, train, rl_args, training_args, model_args, rewards):
     from trl import GRPOTrainer, RLOOTrainer
 
+    from ..completions_log import CompletionsCallback, CompletionsLog, RewardRecorder
+    from ..ppo.plots import plot_training_curves
+
     funcs, names, weights, _ = rewards
     training_args.reward_weights = weights
     train, escaped = escape_prompts(train, tokenizer)  # TRL tokenizes the prompts: content must not be special
+    recorder = RewardRecorder(names, weights)  # keeps the batch TRL last scored, for the completions table
     trainer_cls = resilient(GRPOTrainer if algorithm == "grpo" else RLOOTrainer)  # see hf_rlhf.resilience
     trainer = trainer_cls(
         model=policy,
-        reward_funcs=[trl_reward(f, n) for f, n in zip(funcs, names, strict=True)],
+        reward_funcs=recorder.wrap([trl_reward(f, n) for f, n in zip(funcs, names, strict=True)]),
         args=without_push(training_args),  # the trainer never pushes; the stage does, once complete
         train_dataset=train,
         processing_class=tokenizer,
         peft_config=peft_config_for(model_args),
     )
+    if rl_args.log_completions_steps:
+        log = CompletionsLog(
+            training_args.output_dir,
+            rl_args.log_completions_steps,
+            rl_args.log_completions_rows,
+            training_args.report_to,
+        )
+        trainer.add_callback(CompletionsCallback(recorder, log, trainer))
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     with writing(training_args.output_dir):  # a full disk: one line, the previous output kept
         trainer.save_model(training_args.output_dir)
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(training_args.output_dir)
     history = [h for h in trainer.state.log_history if "reward" in h]
+    if trainer.is_world_process_zero():
+        plot_training_curves(history, os.path.join(training_args.output_dir, "training_curves.png"))
     return trainer, {
         "metrics": {
             "train_loss": result.training_loss,
@@ -259,6 +299,12 @@ def plan(
     check_arguments(data_args, rl_args, training_args, model_args)
     _, weights = check_rewards(rl_args, training_args)
     args, algorithm, out = training_args, rl_args.algorithm, StagePlan("rl")
+    if algorithm == "ppo":  # the layouts the trainer refuses (`hf_rlhf.ppo.setup`), before anything is sized
+        from ..ppo.config import unsupported_layout
+
+        layout = unsupported_layout(ctx.launch.backend, ctx.launch.zero_stage)
+        if layout:
+            raise RecipeError(layout)
     shared_base = algorithm == "ppo" and getattr(args, "shared_base", False)
     arch, label = ctx.model(model_args.model_name_or_path, "model_name_or_path", model_args.model_revision)
     rows.model_rows(out, arch, label)
@@ -279,8 +325,9 @@ def plan(
     quant, nested = rows.quantization_of(model_args)
     precision, e = rows.precision_row(args, model_args, ctx.launch)
     out.rows.append(("precision", precision))
-    optim = "adamw_torch" if algorithm == "ppo" else args.optim  # hf_rlhf's PPO trainer builds torch AdamW
-    policy = rows.trained_role("policy", arch, "lm", model_args, peft_config, optim, getattr(args, "optim_args", None))
+    policy = rows.trained_role(
+        "policy", arch, "lm", model_args, peft_config, args.optim, getattr(args, "optim_args", None)
+    )
     if peft_config is not None:
         out.rows.append(("peft", rows.peft_row(peft_config, policy)))
     frozen = {"dtype": model_args.dtype, "quantization": quant, "nested_quant": nested, "prepared": False}
@@ -327,9 +374,6 @@ def plan(
         roles.append(Role("reward", reward_arch, "reward", **frozen))
 
     checkpointing, eager = rows.uses_checkpointing(args, ctx.launch), rows.uses_eager(model_args)
-    if algorithm == "ppo" and checkpointing:
-        out.notes.append("hf_rlhf's PPO trainer does not turn on activation checkpointing: planned without it")
-        checkpointing = False
     prompt = rows.prompt_tokens(info, arch, new_tokens)
     seq = prompt + new_tokens
     logits = algorithm == "ppo" or not rows.liger(args, out)  # TRL's GRPO/RLOO loss is fused by liger; PPO's is not
@@ -341,14 +385,6 @@ def plan(
     out.memory = estimate(roles, max(update, rollout), ctx.launch)
     if algorithm != "ppo":
         rows.optimizer_notes(out, args)
-    unsharded = [r.name for r in roles if not r.prepared and not r.shared_with]
-    if algorithm == "ppo" and unsharded and ctx.launch.shards()[0] > 1:
-        out.notes.append(
-            f"the frozen {' and '.join(unsharded)} model{'s are' if len(unsharded) > 1 else ' is'} not passed to "
-            "accelerator.prepare, so ZeRO-3/FSDP does not shard it (counted whole on every GPU); with zero3_init_flag "
-            "it is partitioned at load and needs a DeepSpeed engine of its own: for PPO prefer ddp.yaml or "
-            "deepspeed_zero2.yaml"
-        )
     if shared_base:
         out.notes.append(
             "shared_base: policy, reference (adapters off), value and reward are adapters of one copy of the SFT "

@@ -22,6 +22,7 @@ from ..errors import RecipeError, TokenizerMismatchError
 from ..manifest import read_manifest
 from ..model_roles import check_role
 from ..modeling import load_reward_model, load_tokenizer, resolve_model_path
+from ..placement import frozen, load_kwargs
 from ..reward.scorer import WORLD_ONLY_REWARD_FUNCS, RewardModelScorer, resolve_reward_func
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,8 @@ def reward_functions(
     """The reward model (as a function) and named reward functions, with names, weights and the RM's stats.
 
     The reward model is loaded with the stage's precision and quantization (a 4-bit policy gets a 4-bit reward
-    model); PPO's `shared_base` layout replaces it by an adapter of the policy's base (see `run_ppo`).
+    model), frozen on this process's device (`hf_rlhf.placement`); PPO's `shared_base` layout replaces it by an
+    adapter of the policy's base (see `run_ppo`).
     """
     names, weights = check_rewards(rl_args, training_args)
     funcs, stats = [], None
@@ -123,10 +125,9 @@ def reward_functions(
                 trust_remote_code=training_args.trust_remote_code,
                 model_args=model_args,
                 what="reward_model_path",
+                **load_kwargs(),
             )
-            funcs.append(
-                RewardModelScorer(model.eval().requires_grad_(False), load_tokenizer(rl_args.reward_model_path))
-            )
+            funcs.append(RewardModelScorer(frozen(model), load_tokenizer(rl_args.reward_model_path)))
         else:
             funcs.append(None)  # the shared base's reward adapter, made with the policy
         manifest = read_manifest(reward_dir) or {}

@@ -5,7 +5,10 @@ JSONL so people can rank by hand (fill `ranking` with one rank per completion, 1
 hand the JSONL to the reward stage. `labeler` chooses who ranks: nobody (`none`), the tiny world's gold labeler
 (`tiny_world`, the simulated contractors), a Python function, a reward model or a judge model
 (`hf_rlhf.stages.sample_labelers`). The prompts are checked, and fitted to the model's positions, before any model
-loads (`hf_rlhf.data.prompts`). With `push_to_hub` the finished comparisons become a Hub dataset repo.
+loads (`hf_rlhf.data.prompts`). Under `accelerate launch` the prompts are shared out over the processes, each
+sampling and ranking its share on its own device, with the completions of one process (seeded per chunk of
+`batch_size` sequences); the main process writes. With `push_to_hub` the finished comparisons become a Hub
+dataset repo.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import logging
 import os
 from typing import Any
 
+import numpy as np
 from datasets import Dataset, DatasetDict
+from tqdm.auto import tqdm
 
 from ..configs import DataArguments, SampleArguments
 from ..data.formats import PROMPT_FORMATS
@@ -28,6 +33,7 @@ from ..hub import remote_code
 from ..hub.push import push_request, push_stage
 from ..manifest import require_complete
 from ..outputs import check_output, finish_stage, start_stage
+from ..placement import split_over_processes
 from ..plan import rows
 from ..plan.context import Context, StagePlan, describe_data
 from ..plan.memory import Role, estimate, rollout_activations
@@ -39,23 +45,50 @@ __all__ = ["ranks_from_scores", "run", "plan", "main"]
 logger = logging.getLogger(__name__)
 
 
+def chunk_seed(seed: int, index: int) -> int:
+    """The sampling seed of chunk `index` of a run seeded with `seed` (numpy's `SeedSequence`: independent streams)."""
+    return int(np.random.SeedSequence(seed % 2**64, spawn_key=(index,)).generate_state(1)[0])
+
+
 def sample_completions(
     model, tokenizer, prompts: list[Any], args: SampleArguments, desc: str = "sampling comparisons"
 ) -> list[list[str]]:
-    """K completions per prompt; conversational prompts get the chat template."""
-    repeated = [p for p in prompts for _ in range(args.num_completions)]
-    flat = generate(
-        model,
-        tokenizer,
-        repeated,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        desc=desc,
-    )
-    k = args.num_completions
+    """K completions per prompt; conversational prompts get the chat template.
+
+    The K x len(prompts) sequences are cut into chunks of `batch_size`, chunk `i` sampled with seed
+    `chunk_seed(seed, i)`, and the chunks are shared out over the processes (`split_over_processes`): every process
+    gets all the completions, the same for any number of processes.
+    """
+    k, size = args.num_completions, args.batch_size
+    repeated = [p for p in prompts for _ in range(k)]
+    chunks = list(enumerate(repeated[i : i + size] for i in range(0, len(repeated), size)))
+
+    def sample_chunks(mine: list[tuple[int, list[Any]]]) -> list[list[str]]:
+        shown = desc if process_state().is_local_main_process else None
+        return [
+            generate(
+                model,
+                tokenizer,
+                chunk,
+                max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature,
+                batch_size=size,
+                seed=chunk_seed(args.seed, i),
+            )
+            for i, chunk in tqdm(mine, desc=shown, disable=shown is None, leave=False)
+        ]
+
+    flat = [c for chunk in split_over_processes(chunks, sample_chunks) for c in chunk]
     return [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
+
+
+def rank_over_processes(args: SampleArguments, prompts: list[Any], completions: list[list[str]], function):
+    """`rank` of each process's share of the prompts (its labeler model loaded on its own device), gathered."""
+
+    def rank_share(rows: list[tuple[Any, list[str]]]) -> list[list[int]]:
+        return rank(args, [p for p, _ in rows], [c for _, c in rows], function) if rows else []
+
+    return split_over_processes(list(zip(prompts, completions, strict=True)), rank_share)
 
 
 def check_arguments(data_args: DataArguments, args: SampleArguments):
@@ -108,16 +141,18 @@ def run(data_args: DataArguments, args: SampleArguments) -> dict[str, Any]:
                 "`ranking` empty (for people to fill in)", where, labeling["unranked_outside_world"], len(prompts),
             )  # fmt: skip
     state = process_state()
-    if not state.is_main_process:  # under `accelerate launch` the main process samples and writes; the rest wait
-        state.wait_for_everyone()
-        return require_complete(args.output_dir)
     push = push_request(args)  # checked now: a push that cannot happen fails before sampling
-    start_stage(args, data_args.overwrite)  # written in <output_dir>.partial, swapped in when complete
+    if state.is_main_process:  # the main process writes, in <output_dir>.partial, swapped in when complete
+        start_stage(args, data_args.overwrite)
 
+    # under `accelerate launch` every process samples and ranks its share of the prompts on its own device
     model, tokenizer = load_model_for_inference(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     completions = sample_completions(model, tokenizer, prompts, args)
     del model  # a reward or judge labeler loads next
-    rankings = rank(args, prompts, completions, function)
+    rankings = rank_over_processes(args, prompts, completions, function)
+    if not state.is_main_process:
+        state.wait_for_everyone()
+        return require_complete(args.output_dir)
     dataset = Dataset.from_dict({"prompt": prompts, "completions": completions, "ranking": rankings})
     splits = (
         dataset.train_test_split(test_size=args.test_split_size, seed=args.seed)

@@ -26,6 +26,7 @@ from ..data.preference import ranks_from_scores  # ties for equal scores, as for
 from ..data.world import is_world_question
 from ..encoding import encode_prompt, encode_text
 from ..errors import DataValidationError, RecipeError
+from ..placement import model_device
 from ..reward.scorer import import_function
 
 LABELERS = ("none", "tiny_world", "reward_model", "judge")  # or 'package.module:function'
@@ -67,7 +68,8 @@ class JudgeScorer:
     """A causal LM as a reward function: log p(" Yes") - log p(" No") after `JUDGE_TEMPLATE`.
 
     Args:
-        model: The judge, a causal LM.
+        model: The judge, a causal LM (`load_model_for_inference` puts it on this process's device; its inputs go
+            to `model_device`).
         tokenizer: Its tokenizer.
         batch_size: Sequences scored at a time.
     """
@@ -91,7 +93,7 @@ class JudgeScorer:
                 rows.append(ids + answer)
                 starts.append(len(ids))
         logps = []
-        device = next(self.model.parameters()).device
+        device = model_device(self.model)
         for begin in range(0, len(rows), self.batch_size):
             batch = [torch.tensor(r) for r in rows[begin : begin + self.batch_size]]
             ids = nn.utils.rnn.pad_sequence(batch, batch_first=True, padding_value=self.tokenizer.pad_token_id)
