@@ -140,6 +140,16 @@ def ppo_models(
     return get_peft_model(policy, peft_config), None, value_model
 
 
+def completions_log(rl_args: RLArguments, training_args):
+    """The completions table of the run (`hf_rlhf.completions_log`), or `None` with `log_completions_steps: 0`."""
+    from ..completions_log import CompletionsLog
+
+    if not rl_args.log_completions_steps:
+        return None
+    every, rows = rl_args.log_completions_steps, rl_args.log_completions_rows
+    return CompletionsLog(training_args.output_dir, every, rows, training_args.report_to)
+
+
 def run_ppo(
     policy, tokenizer, train, rl_args, training_args, model_args, rewards, value_init
 ) -> tuple[Any, dict[str, Any]]:
@@ -150,16 +160,6 @@ def run_ppo(
     policy, ref_policy, value_model = ppo_models(
         policy, tokenizer, rl_args, training_args, model_args, funcs, value_init
     )
-    completions_log = None
-    if rl_args.log_completions_steps:
-        from ..completions_log import CompletionsLog
-
-        completions_log = CompletionsLog(
-            training_args.output_dir,
-            rl_args.log_completions_steps,
-            rl_args.log_completions_rows,
-            training_args.report_to,
-        )
     trainer = PPOTrainer(
         training_args,
         policy,
@@ -171,7 +171,7 @@ def run_ppo(
         weights,
         names,
         stats,
-        completions_log=completions_log,
+        completions_log=completions_log(rl_args, training_args),
     )
     trainable, total = trainable_parameters(trainer.model)
     logger.info("PPO trains %d of %d parameters (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
@@ -189,7 +189,7 @@ def run_ppo(
 def run_trl(algorithm, policy, tokenizer, train, rl_args, training_args, model_args, rewards):
     from trl import GRPOTrainer, RLOOTrainer
 
-    from ..completions_log import CompletionsCallback, CompletionsLog, RewardRecorder
+    from ..completions_log import CompletionsCallback, RewardRecorder
     from ..ppo.plots import plot_training_curves
 
     funcs, names, weights, _ = rewards
@@ -205,13 +205,8 @@ def run_trl(algorithm, policy, tokenizer, train, rl_args, training_args, model_a
         processing_class=tokenizer,
         peft_config=peft_config_for(model_args),
     )
-    if rl_args.log_completions_steps:
-        log = CompletionsLog(
-            training_args.output_dir,
-            rl_args.log_completions_steps,
-            rl_args.log_completions_rows,
-            training_args.report_to,
-        )
+    log = completions_log(rl_args, training_args)
+    if log is not None:
         trainer.add_callback(CompletionsCallback(recorder, log, trainer))
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     with writing(training_args.output_dir):  # a full disk: one line, the previous output kept
