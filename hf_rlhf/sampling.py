@@ -92,11 +92,7 @@ def sampling_config(
 
 def generating_model(model: nn.Module) -> nn.Module:
     """The module whose `generation_config` `generate` reads: the model itself, or the model under a peft wrapper."""
-    while not hasattr(model, "generation_config") and hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    if hasattr(model, "get_base_model"):  # a PeftModel exposes the base's generation_config as its own attribute
-        model = model.get_base_model()
-    return model
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 @contextlib.contextmanager

@@ -44,6 +44,12 @@ def hostile_copy(model, tokenizer):
     return hostile
 
 
+def seeded_responses(model, ids, mask, config):
+    """PPO's sampler on `model` with the global RNG seeded: the same draws for the same distribution."""
+    torch.manual_seed(0)
+    return generate_responses(model, ids, mask, config, batch_size=8)
+
+
 def processors_used(model, fn):
     """The logits processors `generate` built while `fn` ran."""
     seen = []
@@ -83,10 +89,7 @@ def test_a_models_own_generation_config_does_not_leak_into_ppo_sampling():
     hostile = hostile_copy(policy, tokenizer)
     config = sampling_config(tokenizer, max_new_tokens=10, temperature=1.0)
     ids, mask = encode_prompts(tokenizer, [r["prompt"] for r in prompts.select(range(16))], "cpu")
-    outs = []
-    for model in (policy, hostile):
-        torch.manual_seed(0)
-        outs.append(generate_responses(model, ids, mask, config, batch_size=8))
+    outs = [seeded_responses(model, ids, mask, config) for model in (policy, hostile)]
     assert torch.equal(outs[0], outs[1])  # the same draws: the hostile config changed nothing
     assert outs[0].shape == (16, 10) or (outs[0] == tokenizer.eos_token_id).any()
     # only the temperature-free sampler: no penalty, filter, forced or suppressed token processors
@@ -114,8 +117,5 @@ def test_peft_models_read_the_config_of_their_base():
     hostile = get_peft_model(hostile_copy(policy, tokenizer), LoraConfig(r=2, target_modules=["q_proj"]))
     config = sampling_config(tokenizer, max_new_tokens=10, temperature=1.0)
     ids, mask = encode_prompts(tokenizer, [r["prompt"] for r in prompts.select(range(8))], "cpu")
-    outs = []
-    for model in (policy, hostile):
-        torch.manual_seed(0)
-        outs.append(generate_responses(model, ids, mask, config, batch_size=8))
+    outs = [seeded_responses(model, ids, mask, config) for model in (policy, hostile)]
     assert torch.equal(outs[0], outs[1])

@@ -244,12 +244,12 @@ def config_dropout(model: nn.Module) -> dict[str, float]:
     return {n: getattr(config, n) for n in DROPOUT_ATTRIBUTES if isinstance(getattr(config, n, None), float)}
 
 
-def disable_dropout(model: nn.Module) -> dict[str, float]:
+def disable_dropout(model: nn.Module) -> None:
     """Dropout off everywhere: logprobs of the rollout and of the update must come from the same function.
 
     Covers `nn.Dropout` modules, and the float rates that attention layers copy from the config at init and apply
-    functionally (e.g. `LlamaAttention.attention_dropout`), in the modules and in the config. Returns the config's
-    original rates, for `original_dropout` to put back in what is saved.
+    functionally (e.g. `LlamaAttention.attention_dropout`), in the modules and in the config (read `config_dropout`
+    first to put the original rates back in what is saved, `original_dropout`).
     """
     for module in model.modules():
         if isinstance(module, nn.Dropout):
@@ -258,12 +258,8 @@ def disable_dropout(model: nn.Module) -> dict[str, float]:
             if isinstance(getattr(module, name, None), float):
                 setattr(module, name, 0.0)
     config = getattr(model, "config", None)
-    original = {}
-    for name in DROPOUT_ATTRIBUTES:
-        if config is not None and isinstance(getattr(config, name, None), float):
-            original[name] = getattr(config, name)
-            setattr(config, name, 0.0)
-    return original
+    for name in config_dropout(model):
+        setattr(config, name, 0.0)
 
 
 @contextlib.contextmanager
