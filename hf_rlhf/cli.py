@@ -23,9 +23,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "hf_rlhf.eval.generation:main",
         "Sample completions from a model, optionally best-of-N with a reward model.",
     ),
+    "evaluate": (
+        "hf_rlhf.eval.evaluate:main",
+        "Compare models on held-out prompts: reward-model win rates vs a reference, KL, samples.",
+    ),
     "merge": ("hf_rlhf.merge:main", "Merge a LoRA stage output into its base: a full model for deployment."),
     "compare": ("hf_rlhf.eval.compare:main", "Pipeline reports side by side (e.g. full precision, LoRA, QLoRA)."),
     "pipeline": ("hf_rlhf.pipeline:main", "Run the stages of a pipeline recipe in order and write the report."),
+    "label": (
+        "hf_rlhf.label.cli:main",
+        "The labeling web app: serve, create projects and labelers, export rankings and demonstrations.",
+    ),
+    "vllm-serve": (
+        "hf_rlhf.vllm_serve:main",
+        "Serve a model with vLLM over HTTP for generation_backend: vllm (docs/vllm.md).",
+    ),
     "push": (
         "hf_rlhf.hub.push:main",
         "Push a finished stage (or a dataset) to the Hub; retries a failed push.",

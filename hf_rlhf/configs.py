@@ -16,6 +16,7 @@ from transformers import TrainingArguments
 from trl import GRPOConfig, RewardConfig, RLOOConfig, ScriptArguments, SFTConfig
 
 from .errors import RecipeError
+from .generation_backend import GenerationBackendArguments  # the sample and evaluation options of who generates
 from .ppo.config import PPOConfig
 
 
@@ -177,17 +178,73 @@ class WorldArguments:
 
 
 @dataclass
-class EvaluationArguments:
-    """How the pipeline measures each model with the gold labeler on the held-out prompts."""
+class EvaluationArguments(GenerationBackendArguments):
+    """How the pipeline's report (and `hf-rlhf evaluate`) measures each model on held-out prompts
+    (`hf_rlhf.eval.report`, docs/evaluation.md).
 
-    temperature: float = 1.0
-    max_new_tokens: int = 32
-    few_shot_examples: int = 3
-    best_of_n: int = 8
-    num_samples_shown: int = 4
-    batch_size: int = 50
-    bootstrap_resamples: int = 2000
-    seed: int = 0
+    The prompts are `eval_dataset`'s `eval_split`, else the RL dataset's test split (the tiny world's held-out
+    prompts in the demo). Every deployable model (SFT, SFT best-of-N, RL, and `models`) is sampled on them with the
+    same settings and compared with `reference_model`: reward-model score, win rate judged by the reward model (and
+    by `judge_model`, if set), KL, length, missing-EOS rate, distinct-n. The tiny world adds its gold labeler's score
+    and the base model's zero-shot and few-shot rows.
+    """
+
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature of every model (0: greedy)."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Tokens sampled at most per completion."})
+    few_shot_examples: int = field(default=3, metadata={"help": "Examples in the tiny world's few-shot base row."})
+    best_of_n: int = field(default=8, metadata={"help": "N of the SFT best-of-N row (1: no such row)."})
+    num_samples_shown: int = field(default=4, metadata={"help": "Prompts shown with every model's completion."})
+    batch_size: int = field(default=50, metadata={"help": "Sequences sampled or scored at a time."})
+    bootstrap_resamples: int = field(default=2000, metadata={"help": "Resamples of the 95% bootstrap intervals."})
+    seed: int = field(default=0, metadata={"help": "Seed of the sampling and of the bootstrap."})
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Prompts (a dataset hf_rlhf reads, `prompt` column). Unset: the RL dataset's test split."},
+    )
+    eval_split: str = field(default="test", metadata={"help": "The split of `eval_dataset` to use."})
+    max_eval_prompts: int | None = field(default=None, metadata={"help": "Use the first N prompts (unset: all)."})
+    models: dict[str, str] | str | None = field(
+        default=None,
+        metadata={"help": "More deployable models to measure, {row name: directory or Hub id} (a mapping or JSON)."},
+    )
+    reference_model: str = field(
+        default="SFT", metadata={"help": "The row every other model is compared with: 'SFT' or a name in `models`."}
+    )
+    judge_model: str | None = field(
+        default=None,
+        metadata={"help": "An instruct model (directory or Hub id) judging each model against the reference."},
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom code of `models` / the judge."})
+
+    def __post_init__(self):
+        if isinstance(self.models, str):
+            try:
+                self.models = json.loads(self.models)
+            except json.JSONDecodeError as e:
+                raise RecipeError(f"evaluation `models` must be a mapping or JSON object, got {self.models!r}") from e
+        if self.models is not None and (
+            not isinstance(self.models, dict)
+            or not all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in self.models.items())
+        ):
+            raise RecipeError(f"evaluation `models` must map row names to model paths, got {self.models!r}")
+        reserved = [n for n in self.models or {} if n == "SFT" or n.startswith(("SFT best-of", "RL (", "base ("))]
+        if reserved:
+            raise RecipeError(f"evaluation `models`: '{reserved[0]}' is the name of a pipeline row; choose another")
+        if self.reference_model not in ("SFT", *(self.models or {})):
+            raise RecipeError(
+                f"evaluation `reference_model` '{self.reference_model}' must be 'SFT' or a name in `models` "
+                f"({', '.join(self.models or {}) or 'none given'})"
+            )
+        for name in ("max_new_tokens", "best_of_n", "batch_size", "bootstrap_resamples", "num_samples_shown"):
+            minimum = 0 if name == "num_samples_shown" else 1
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < minimum:
+                raise RecipeError(f"evaluation `{name}` must be an integer >= {minimum}, got {getattr(self, name)!r}")
+        if self.max_eval_prompts is not None and self.max_eval_prompts < 1:
+            raise RecipeError(
+                f"evaluation `max_eval_prompts` must be at least 1 (or unset), got {self.max_eval_prompts}"
+            )
+        if not self.temperature >= 0:
+            raise RecipeError(f"evaluation `temperature` must be >= 0 (0: greedy), got {self.temperature}")
 
 
 @dataclass
@@ -229,6 +286,10 @@ class RewardStageConfig(RewardConfig):
     )
     reference_max_samples: int = field(default=1000, metadata={"help": "Reference rows used for centring."})
     calibration_bins: int = field(default=10, metadata={"help": "Bins of the held-out calibration table."})
+    reward_head_init: str = field(
+        default="stiennon",
+        metadata={"help": "A new score head: 'stiennon' N(0, std 1/sqrt(d+1)), bias 0; 'model': the model's init."},
+    )
     gradient_checkpointing: bool | None = field(
         default=None, metadata={"help": "Deprecated alias of `activation_checkpointing` (transformers v5)."}
     )
@@ -261,7 +322,7 @@ class PromptLengthArguments:
 
 
 @dataclass
-class SampleArguments(PromptLengthArguments):
+class SampleArguments(PromptLengthArguments, GenerationBackendArguments):
     """How `hf-rlhf sample` writes K completions per prompt."""
 
     model_name_or_path: str | None = field(default=None, metadata={"help": "The model that writes (the SFT model)."})
@@ -275,10 +336,14 @@ class SampleArguments(PromptLengthArguments):
     labeler: str = field(
         default="none",
         metadata={
-            "help": "Who fills `ranking`: 'none' (left empty for people), 'tiny_world' (the gold labeler), "
-            "'package.module:function', 'reward_model' or 'judge' (with labeler_model)."
+            "help": "Who fills `ranking`: 'none' (left empty), 'human' (people, in `hf-rlhf label`), 'tiny_world' "
+            "(the gold labeler), 'package.module:function', 'reward_model' or 'judge' (with labeler_model)."
         },
     )
+    # labeler 'human': the pipeline stops after sampling until the project has its rankings (hf_rlhf.label.pipeline)
+    label_db: str | None = field(default=None, metadata={"help": "Labeling database URL (sqlite:///<run>/labels.db)."})
+    label_project: str | None = field(default=None, metadata={"help": "Labeling project (default: <run dir>-rank)."})
+    label_min_rankings: int | None = field(default=None, metadata={"help": "Rankings to wait for (default: all)."})
     labeler_model: str | None = field(
         default=None, metadata={"help": "The reward model or judge model of labeler 'reward_model' / 'judge'."}
     )
@@ -317,6 +382,10 @@ class RLArguments(PromptLengthArguments):
     log_completions_rows: int = field(
         default=8, metadata={"help": "Rows of each completions table (the first prompts of the update)."}
     )
+    ptx_dataset_name: str | None = field(
+        default=None, metadata={"help": "PPO-ptx: text, messages or prompt-completion rows trained with ptx_coef."}
+    )
+    ptx_dataset_split: str = field(default="train", metadata={"help": "Split of ptx_dataset_name."})
 
     def __post_init__(self):
         if self.log_completions_steps < 0 or self.log_completions_rows < 1:

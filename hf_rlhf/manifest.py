@@ -25,7 +25,7 @@ from typing import Any
 from .errors import IncompleteStageError
 from .hub import remote_code
 from .hub.cards import inherited_license, render_card, write_card
-from .hub.resolve import ResolvedInput
+from .hub.resolve import ResolvedInput, repo_file
 
 MANIFEST = "hf_rlhf_manifest.json"
 HUB_RECORD = "hf_rlhf_hub.json"  # in a dataset directory pushed by `push_dataset`: where it went (no manifest there)
@@ -211,7 +211,7 @@ def lineage(inputs: dict[str, ResolvedInput], run_dir: str) -> list[dict[str, An
     chain: list[dict[str, Any]] = []
     for key in LINEAGE_INPUTS:
         item = inputs.get(key)
-        upstream = read_manifest(item.path) if item is not None and os.path.isdir(item.path) else None
+        upstream = upstream_manifest(item)
         if not upstream or not upstream.get("stage"):
             continue
         inherited = upstream.get("lineage", [])  # as pushed (no local paths) for a stage read from the Hub
@@ -224,6 +224,20 @@ def lineage(inputs: dict[str, ResolvedInput], run_dir: str) -> list[dict[str, An
             if not any(_same_stage(record, other) for other in chain):
                 chain.append(record)
     return chain
+
+
+def upstream_manifest(item: ResolvedInput | None) -> dict[str, Any] | None:
+    """The manifest of an input that may be a stage: in its directory, or pushed with a Hub dataset that `datasets`
+    reads straight from the repo (no snapshot directory: the comparisons of a `sample` stage on the Hub)."""
+    if item is None:
+        return None
+    if os.path.isdir(item.path):
+        return read_manifest(item.path)
+    path = repo_file(item, MANIFEST)
+    if path is None:
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def _rebased(entry: dict[str, Any], from_dir: str, to_dir: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from .errors import RecipeError
 from .eval.report import build_report, write_report
 from .hub import resolve as hub  # hub.use_endpoint
 from .hub.publish import hub_options, publish_evaluation, publish_stage, publish_world, pull_upstream
+from .label.pipeline import human_labels
 from .launching import LAUNCH_OPTIONS, launched_config, names_text
 from .manifest import MANIFEST, atomic_write_json, is_complete, read_manifest, require_complete
 from .outputs import recover_output
@@ -245,6 +246,12 @@ def _run_pipeline(recipe: PipelineRecipe, overwrite: bool) -> dict[str, Any]:
             run_stage(recipe, name, values, digest, resume=not overwrite, overwrite=complete)
         stage_dirs[name] = on_main(merged_output, out_dir) if recipe.stages[name].get("merge") else out_dir
         refs.update(on_main(publish_stage, recipe, name, out_dir))
+        if name == "sample" and values.get("labeler") == "human":  # people rank, in the labeling app
+            labels = on_main(human_labels, values, out_dir, recipe.output_dir)
+            if labels is None:  # not enough rankings yet: what to run was printed; a rerun resumes here
+                return {"stopped_for": "labeling"}
+            stage_dirs[name] = labels  # the reward stage reads the app's export
+            refs.pop(name, None)
 
     if not process_state().is_main_process:  # under `accelerate launch`, the main process alone writes the report
         return {}

@@ -360,12 +360,16 @@ def load_pipeline_recipe(path: str, output_dir: str | None = None) -> PipelineRe
     out = output_dir or raw.get("output_dir")
     if not out:
         raise RecipeError(f"{where}: set 'output_dir' in the recipe or pass --output_dir")
+    try:
+        evaluation_args = EvaluationArguments(**evaluation)
+    except (RecipeError, ValueError) as e:
+        raise RecipeError(f"{where}, 'evaluation': {e}") from None
     return PipelineRecipe(
         path=path,
         output_dir=out,
         stages={name: stages[name] for name in STAGE_NAMES if name in stages},
         world=WorldArguments(output_dir=os.path.join(out, "data"), **world) if world is not None else None,
-        evaluation=EvaluationArguments(**evaluation),
+        evaluation=evaluation_args,
         hub=HubSettings(**hub_section) if hub_section is not None else None,
         launch=launch,
     )

@@ -7,13 +7,18 @@ before it falls back to its global defaults, so a model shipped with `min_p`, `n
 log-probabilities would no longer be those of the sampler). `sampling_config` therefore sets every field that shapes
 the distribution or the stopping rule to its neutral value, and `generate_with` runs `generate` with that config as
 the model's own for the duration of the call, so nothing is inherited.
+
+`GenerationBackend` is the interface every caller generates through (`hf_rlhf.generation_backend`: HF `generate` or
+vLLM), returning `Generations`: token ids cut after the first EOS, whoever generated them.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
+import torch
 from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase
 
@@ -111,3 +116,59 @@ def generate_with(model: nn.Module, config: GenerationConfig, **inputs):
     """`model.generate(**inputs, generation_config=config)` with nothing inherited from the model's own config."""
     with only_this_config(model, config):
         return model.generate(**inputs, generation_config=config)
+
+
+@dataclass
+class Generations:
+    """Completions, one per prompt: token ids up to and including the first EOS (at most `max_new_tokens`), and the
+    sampler's log-probability of each token (after temperature) where the backend reports it (vLLM; `None` for HF)."""
+
+    token_ids: list[list[int]]
+    logprobs: list[list[float]] | None = None
+
+    def padded(self, pad_token_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The token ids as a right-padded (B, T) tensor (T: the longest completion) and the log-probabilities as
+        (B, T) float32 with 0 after each completion (or `None`)."""
+        width = max((len(t) for t in self.token_ids), default=0)
+        ids = torch.full((len(self.token_ids), width), pad_token_id, dtype=torch.long)
+        logprobs = None if self.logprobs is None else torch.zeros((len(self.token_ids), width))
+        for i, row in enumerate(self.token_ids):
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            if logprobs is not None:
+                logprobs[i, : len(row)] = torch.tensor(self.logprobs[i], dtype=torch.float32)
+        return ids.to(device), None if logprobs is None else logprobs.to(device)
+
+
+def cut_at_eos(row: Sequence[int], eos_token_id: int | None) -> list[int]:
+    """A generated row up to and including its first EOS. `generate` pads only the rows that ended, after their EOS,
+    so what is cut is padding, and a row without EOS is all sampled tokens (a PAD id sampled is kept: it was drawn)."""
+    row = list(row)
+    return row[: row.index(eos_token_id) + 1] if eos_token_id in row else row
+
+
+class GenerationBackend:
+    """Generates completions of tokenized prompts from a model with a `GenerationConfig` from
+    `hf_rlhf.sampling.sampling_config`; `close()` releases what it holds (a server connection, an engine)."""
+
+    name: str
+
+    def generate(
+        self,
+        model: nn.Module,
+        prompt_ids: Sequence[Sequence[int]],
+        config: GenerationConfig,
+        seeds: Sequence[int] | None = None,
+        batch_size: int = 64,
+    ) -> Generations:
+        """One completion per prompt of `prompt_ids` (token ids, no padding); `config` carries EOS and PAD.
+
+        Args:
+            seeds (`Sequence[int]`, *optional*): One sampling seed per prompt (vLLM). HF samples from torch's global
+                generator, which the caller seeds; `None` draws vLLM's seeds from that generator too, so a seeded run
+                is reproducible with either backend.
+            batch_size (`int`): Prompts per `generate` call (HF); vLLM schedules all of them itself.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass

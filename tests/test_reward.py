@@ -277,3 +277,46 @@ def test_implicit_prompt_rows_split_the_shared_messages_off(world_tokenizer):
     ids = encode_for_reward(world_tokenizer, groups[0]["prompt"], groups[0]["completions"][0])
     explicit = encode_for_reward(world_tokenizer, [user], "The fox is red.")
     assert ids == explicit  # the same tokens as with an explicit prompt: no empty user turn in front
+
+
+def test_a_new_reward_head_is_drawn_from_n_0_1_over_sqrt_d_plus_1(tmp_path, world_tokenizer):
+    from transformers import LlamaForCausalLM
+
+    from hf_rlhf.configs import RewardStageConfig
+    from hf_rlhf.modeling import reward_head
+    from hf_rlhf.recipes import RecipeError
+    from hf_rlhf.stages.reward import init_reward_head
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(world_tokenizer), hidden_size=120, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=world_tokenizer.pad_token_id,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "sft")  # an SFT model: no score head in its weights
+    model = load_reward_model(str(tmp_path / "sft"), require_trained_head=False)
+    std = init_reward_head(model, str(tmp_path / "sft"), "stiennon")
+    assert std == pytest.approx(1 / 11)  # 1 / sqrt(120 + 1)
+    weight = reward_head(model).weight
+    assert weight.shape == (1, 120)
+    assert abs(weight.mean().item()) < 3 * std / math.sqrt(120)  # 3 standard errors of the mean
+    assert weight.std().item() == pytest.approx(1 / 11, rel=0.2)  # 3 standard errors; transformers' init is 0.02
+    assert reward_head(model).bias is None or not reward_head(model).bias.any()
+    # a head the checkpoint already holds (a trained reward model) is kept, and `model` keeps the architecture's init
+    model.save_pretrained(tmp_path / "rm")
+    trained = load_reward_model(str(tmp_path / "rm"))
+    kept = reward_head(trained).weight.clone()
+    assert init_reward_head(trained, str(tmp_path / "rm"), "stiennon") is None
+    assert torch.equal(reward_head(trained).weight, kept)
+    fresh = load_reward_model(str(tmp_path / "sft"), require_trained_head=False)
+    before = reward_head(fresh).weight.clone()
+    assert init_reward_head(fresh, str(tmp_path / "sft"), "model") is None
+    assert torch.equal(reward_head(fresh).weight, before)
+    assert RewardStageConfig(output_dir=str(tmp_path)).reward_head_init == "stiennon"  # the literature's default
+    from trl import ModelConfig
+
+    from hf_rlhf.configs import DataArguments
+    from hf_rlhf.stages.reward import check_arguments
+
+    bad = RewardStageConfig(output_dir=str(tmp_path / "out"), reward_head_init="xavier")
+    with pytest.raises(RecipeError, match="reward_head_init must be 'stiennon' or 'model', got 'xavier'"):
+        check_arguments(DataArguments(dataset_name="x"), bad, ModelConfig(model_name_or_path=str(tmp_path / "sft")))

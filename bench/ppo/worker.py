@@ -210,14 +210,15 @@ class GcTimer:
     """Stands in for `gc.collect` during `train()` and adds up the time spent in explicit collections."""
 
     def __init__(self) -> None:
-        self.collect, self.seconds, self.calls = gc.collect, 0.0, 0
+        self.collect, self.seconds, self.cpu_seconds, self.calls = gc.collect, 0.0, 0.0, 0
 
     def __call__(self, *args: Any, **kwargs: Any) -> int:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             return self.collect(*args, **kwargs)
         finally:
             self.seconds += time.perf_counter() - start
+            self.cpu_seconds += time.process_time() - cpu
             self.calls += 1
 
 
@@ -275,6 +276,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         "train_cpu_s": train_cpu_s,
         "seconds_per_update": train_s / s.updates,
         "gc_s": gc_timer.seconds,
+        "gc_cpu_s": gc_timer.cpu_seconds,
         "gc_calls": gc_timer.calls,
         "update_marks": [m - wall0 for m in marks],
         "import_s": import_s,

@@ -1,9 +1,10 @@
 """`hf-rlhf compare`: the reports of several pipeline runs side by side (full precision, LoRA, QLoRA...).
 
-Each run directory holds the `report.json` that `hf-rlhf pipeline` wrote. The table has one row per evaluated model
-(base, SFT, best-of-N, RL) and one column per run with the gold score and its 95% bootstrap interval, then the
-reward model's held-out accuracy, the trainable share of each stage's parameters, and the KL of the RL policy to
-its SFT model.
+Each run directory holds the `report.json` that `hf-rlhf pipeline` (or `hf-rlhf evaluate`) wrote. The table has one
+row per evaluated model (base, SFT, best-of-N, RL) and one column per run with the gold score and its 95% bootstrap
+interval (the tiny world; elsewhere the reward model's win rate against the reference model), then each model's
+reward-model win rate (tiny world), the reward model's held-out accuracy, the trainable share of each stage's
+parameters, and the KL of the RL policy to its SFT model.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ def load_report(run_dir: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def _gold(row: dict[str, Any] | None) -> str:
-    if not row:
+def _interval(row: dict[str, Any] | None, key: str) -> str:
+    if not row or key not in row:
         return "-"
-    gold = row["gold"]
-    return f"{gold['mean']:.3f} [{gold['ci_low']:.3f}, {gold['ci_high']:.3f}]"
+    value = row[key]
+    return f"{value['mean']:.3f} [{value['ci_low']:.3f}, {value['ci_high']:.3f}]"
 
 
 def _trainable(stage: dict[str, Any]) -> str:
@@ -40,10 +41,21 @@ def compare(run_dirs: list[str], labels: list[str] | None = None) -> str:
     reports = [load_report(d) for d in run_dirs]
     labels = labels or [os.path.basename(os.path.normpath(d)) for d in run_dirs]
     models = list(dict.fromkeys(r["model"] for report in reports for r in report["rows"]))
-    lines = ["| gold score (95% CI) | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    reference = next((rep.get("reference") for rep in reports if rep.get("reference")), "SFT")
+
+    def row(report: dict[str, Any], model: str) -> dict[str, Any] | None:
+        return next((r for r in report["rows"] if r["model"] == model), None)
+
+    gold = any("gold" in r for rep in reports for r in rep["rows"])
+    key, header = ("gold", "gold score") if gold else ("rm_win_rate", f"RM win rate vs {reference}")
+    lines = [f"| {header} (95% CI) | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     for model in models:
-        cells = [_gold(next((r for r in rep["rows"] if r["model"] == model), None)) for rep in reports]
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+        lines.append(f"| {model} | " + " | ".join(_interval(row(rep, model), key) for rep in reports) + " |")
+    if gold:  # the reward model's verdict next to the gold labeler's
+        for model in models:
+            cells = [_interval(row(rep, model), "rm_win_rate") for rep in reports]
+            if any(c != "-" for c in cells):
+                lines.append(f"| RM win rate vs {reference}: {model} | " + " | ".join(cells) + " |")
     extra = {
         "reward model held-out accuracy": [
             f"{rep['stages'].get('reward', {}).get('eval_accuracy', float('nan')):.3f}" for rep in reports

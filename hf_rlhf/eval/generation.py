@@ -19,12 +19,13 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..checks import at_least, non_negative
-from ..encoding import encode_prompt, left_padded
+from ..encoding import encode_prompt
+from ..generation_backend import HFBackend, add_backend_arguments, make_backend
 from ..modeling import load_model_for_inference
 from ..placement import model_device
 from ..ppo.core import logprobs_from_logits, position_ids_from_mask
 from ..reward.scorer import RewardModelScorer, best_of_n
-from ..sampling import generate_with, sampling_config
+from ..sampling import GenerationBackend, sampling_config
 
 
 @dataclass
@@ -69,6 +70,7 @@ def generate(
     stop_at_newline: bool = False,
     desc: str | None = None,
     return_ids: bool = False,
+    backend: GenerationBackend | None = None,
 ):
     """Sample one completion per prompt, cut at EOS. A prompt is a conversation (a list of messages: the chat
     template with the assistant's turn opened) or plain text, encoded by `hf_rlhf.encoding.encode_prompt` (content
@@ -77,6 +79,9 @@ def generate(
     Args:
         stop_at_newline (`bool`): Cut each completion at its first newline, the usual stop for few-shot prompts.
         return_ids (`bool`): Also return each completion's sampled token ids (up to and including EOS).
+        backend (`GenerationBackend`, *optional*): Who generates (`hf_rlhf.generation_backend.make_backend`);
+            default: HF `generate` on `model`. Sequence `i` gets the sampling seed `seed + i` (vLLM); HF samples from
+            torch's generator seeded with `seed`.
 
     Returns:
         `list[str]`: The completions, without the prompt and without special tokens (and the ids if asked).
@@ -84,19 +89,14 @@ def generate(
     torch.manual_seed(seed)
     random.seed(seed)
     model.eval()
+    backend = backend or HFBackend()
     config = sampling_config(tokenizer, max_new_tokens, temperature)  # nothing from the model's own config
-    device = model_device(model)
-    outputs, ids_out = [], []
+    ids_out: list[list[int]] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=desc is None, leave=False):
         rows = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
-        input_ids, attention_mask = left_padded(tokenizer, rows)
-        ids = generate_with(model, config, input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))[
-            :, input_ids.shape[1] :
-        ]
-        outputs.extend(tokenizer.batch_decode(ids, skip_special_tokens=True))
-        for row in ids.tolist():
-            end = row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
-            ids_out.append([t for t in row[:end] if t != tokenizer.pad_token_id])
+        seeds = range(seed + start, seed + start + len(rows))
+        ids_out.extend(backend.generate(model, rows, config, seeds, batch_size).token_ids)
+    outputs = tokenizer.batch_decode(ids_out, skip_special_tokens=True)
     if stop_at_newline:
         outputs = [c.lstrip(" ").split("\n", 1)[0] for c in outputs]
     outputs = [c.strip() for c in outputs]
@@ -164,12 +164,17 @@ def main(argv: list[str] | None = None) -> list[str]:
     )
     parser.add_argument("--reward_model", "--reward-model", help="Reward stage directory (needed with --best_of).")
     parser.add_argument("--trust_remote_code", action="store_true", help="Allow custom model code.")
+    add_backend_arguments(parser)
     args = parser.parse_args(argv)
     if args.best_of > 1 and not args.reward_model:
         parser.error("--best_of needs --reward_model")
     empty = [i + 1 for i, p in enumerate(args.prompt) if args.raw and not p]
     if empty:  # no chat template around it: nothing for the model to continue
         parser.error(f"--prompt number {empty[0]} is empty: with --raw the model needs at least one token to continue")
+    try:
+        backend = make_backend(args)  # checked before the model loads
+    except ValueError as err:
+        parser.error(str(err))
     model, tokenizer = load_model_for_inference(args.model, trust_remote_code=args.trust_remote_code)
     chat = not args.raw and bool(tokenizer.chat_template)
     prompts = user_turns(args.prompt) if chat else args.prompt
@@ -181,7 +186,9 @@ def main(argv: list[str] | None = None) -> list[str]:
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         seed=args.seed,
+        backend=backend,
     )
+    backend.close()
     candidates = [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
     if n > 1:
         scorer = RewardModelScorer(args.reward_model, trust_remote_code=args.trust_remote_code)

@@ -20,6 +20,8 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
+from ..eval.tables import TINY_WORLD_PROMPTS, markdown_table
+
 PIPELINE_TAGS = {
     "pretrain": "text-generation",
     "sft": "text-generation",
@@ -119,30 +121,60 @@ def inherited_license(base_dir: str | None) -> str:
     return DEFAULT_LICENSE
 
 
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def row_metrics(row: dict[str, Any], reference: str | None) -> dict[str, float]:
+    """A report row's numbers as `model-index` metrics: `gold_score` (tiny world), `reward_model_score`,
+    `rm_win_rate_vs_<reference>`, `judge_win_rate_vs_<reference>`, `kl_to_<reference>`, `mean_length`,
+    `missing_eos_rate`, `distinct_1`, `distinct_2` (those measured)."""
+    ref = _slug(reference or "reference")
+    metrics = {
+        "gold_score": (row.get("gold") or {}).get("mean"),
+        "reward_model_score": row.get("reward_model_score"),
+        f"rm_win_rate_vs_{ref}": (row.get("rm_win_rate") or {}).get("mean"),
+        f"judge_win_rate_vs_{ref}": (row.get("judge_win_rate") or {}).get("mean"),
+        f"kl_to_{ref}": row.get("kl_to_sft"),
+        "mean_length": row.get("mean_length"),
+        "missing_eos_rate": row.get("missing_eos_rate"),
+        "distinct_1": row.get("distinct_1"),
+        "distinct_2": row.get("distinct_2"),
+    }
+    return {k: float(v) for k, v in metrics.items() if v is not None and v == v}  # NaN: nothing measured
+
+
 def eval_results(manifest: dict[str, Any]) -> list[EvalResult] | None:
-    """The pipeline's evaluation rows of this stage (`evaluation` in its manifest) as the card's `model-index`: the
-    gold score (and the reward model's score and the KL to SFT, when measured) of each row on held-out prompts."""
+    """The pipeline's evaluation rows of this stage (`evaluation` in its manifest, `hf_rlhf.eval.report`) as the
+    card's `model-index`: each measured number of each row on the held-out prompts (`row_metrics`)."""
     evaluation = manifest.get("evaluation") or {}
+    prompts = evaluation.get("prompts") or {"dataset": TINY_WORLD_PROMPTS, "split": "test"}
+    tiny = prompts["dataset"] == TINY_WORLD_PROMPTS
+    args = {k: evaluation[k] for k in ("temperature", "max_new_tokens") if evaluation.get(k) is not None}
     results = []
     for row in evaluation.get("rows", []):
-        metrics = {"gold_score": row["gold"]["mean"], "reward_model_score": row.get("reward_model_score")}
-        metrics["kl_to_sft"] = row.get("kl_to_sft")
-        for metric, value in metrics.items():
-            if value is None:
-                continue
+        for metric, value in row_metrics(row, evaluation.get("reference", "SFT")).items():
             results.append(
                 EvalResult(
                     task_type="text-generation",
-                    dataset_type="tiny-world-prompts",
-                    dataset_name="tiny world held-out prompts",
-                    dataset_split="test",
+                    dataset_type="tiny-world-prompts" if tiny else str(prompts["dataset"]),
+                    dataset_name=str(prompts["dataset"]),
+                    dataset_split=prompts.get("split"),
                     metric_type=metric,
                     metric_name=f"{metric.replace('_', ' ')} ({row['model']})",
-                    metric_value=round(float(value), 4),
-                    metric_args={"temperature": evaluation.get("temperature")},
+                    metric_value=round(value, 4),
+                    metric_args=args or None,
                 )
             )
     return results or None
+
+
+def evaluation_table(evaluation: dict[str, Any] | None) -> str | None:
+    """The card's model table: this stage's rows and the reference row, as in `report.md`."""
+    if not evaluation or not evaluation.get("rows"):
+        return None
+    rows = [*([evaluation["reference_row"]] if evaluation.get("reference_row") else []), *evaluation["rows"]]
+    return "\n".join(markdown_table(rows, evaluation.get("reference")))
 
 
 def model_card_data(output_dir: str, manifest: dict[str, Any], model_name: str) -> ModelCardData:
@@ -200,6 +232,7 @@ def render_card(output_dir: str, manifest: dict[str, Any], repo_id: str | None =
         metrics=_metrics(manifest),
         quality=manifest.get("metrics", {}).get("eval"),
         evaluation=manifest.get("evaluation"),
+        evaluation_table=evaluation_table(manifest.get("evaluation")),
         figures=sorted(f for f in os.listdir(output_dir) if f.endswith(".png")),
         training={k: training[k] for k in SHOWN_TRAINING_KEYS if training.get(k) not in (None, -1)},
         model_options={k: model[k] for k in SHOWN_MODEL_KEYS + lora_keys if model.get(k)},

@@ -85,8 +85,10 @@ def pull_upstream(recipe: PipelineRecipe, name: str, refs: dict[str, str], stage
 
 
 def publish_evaluation(recipe: PipelineRecipe, report: dict[str, Any]) -> None:
-    """Put each stage's rows of the report (gold scores, sample generations) in its manifest and card; re-push the
-    stages of a `hub:` pipeline so their cards on the Hub show them too."""
+    """Put each stage's rows of the report (`stage_evaluations`: reward-model score and win rate against the
+    reference model, KL, length, missing EOS, distinct-n, gold scores in the tiny world, sample generations) in its
+    manifest and card (`model-index` included); re-push the stages of a `hub:` pipeline so their cards on the Hub
+    show them too. Rows of `evaluation.models` belong to no stage and go to no card."""
     for name, evaluation in stage_evaluations(report).items():
         out_dir = os.path.join(recipe.output_dir, name)
         if name not in recipe.stages or not is_complete(out_dir):

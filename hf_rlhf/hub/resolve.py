@@ -208,6 +208,23 @@ def resolve_commit(
     return _downloads[key]
 
 
+def repo_file(item: ResolvedInput, filename: str) -> str | None:
+    """One file of a Hub input pinned to its commit (a dataset `resolve_commit` downloaded nothing of), from the
+    cache or downloaded; `None` when the repo has no such file or it cannot be read (offline and not cached)."""
+    if not item.repo_id or not item.commit:
+        return None
+    cached = try_to_load_from_cache(item.repo_id, filename, revision=item.commit, repo_type=item.repo_type)
+    if isinstance(cached, str) or constants.HF_HUB_OFFLINE:
+        return cached if isinstance(cached, str) else None
+    try:
+        return hf_hub_download(
+            item.repo_id, filename, repo_type=item.repo_type, revision=item.commit, endpoint=endpoint()
+        )
+    except Exception as e:  # absent or unreadable: the caller goes on without it
+        logger.info("%s repo %s has no readable %s at %s (%s)", item.repo_type, item.repo_id, filename, item.commit, e)
+        return None
+
+
 def forget_downloads(repo_id: str | None = None) -> None:
     """Resolve again next time: a repo this process just pushed to (its branch moved), or every repo."""
     for key in [k for k, v in _downloads.items() if repo_id is None or v.repo_id == repo_id]:

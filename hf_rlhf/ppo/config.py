@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from ..generation_backend import backend_option
+
 
 @dataclass
 class PPOConfig(TrainingArguments):
@@ -56,6 +58,13 @@ class PPOConfig(TrainingArguments):
     missing_eos_penalty: float | None = field(
         default=1.0, metadata={"help": "Subtracted from the score of a response that never produced EOS (None: off)."}
     )
+    num_samples_per_prompt: int = field(
+        default=1,
+        metadata={
+            "help": "Responses sampled per prompt: an update takes rollout_batch_size / num_samples_per_prompt "
+            "prompts (the rollout keeps rollout_batch_size sequences)."
+        },
+    )
 
     # rewards
     kl_coef: float = field(default=0.05, metadata={"help": "Initial coefficient of the per-token KL penalty."})
@@ -63,6 +72,13 @@ class PPOConfig(TrainingArguments):
     adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef towards target_kl (Ziegler et al.)."})
     target_kl: float = field(default=6.0, metadata={"help": "Target KL per sequence of the adaptive controller."})
     kl_horizon: int = field(default=10000, metadata={"help": "Horizon (samples) of the adaptive controller."})
+    kl_in_loss: bool = field(
+        default=False,
+        metadata={
+            "help": "Put kl_coef x the k3 KL to the reference in the policy loss (as GRPO) instead of the per-token "
+            "KL penalty in the reward."
+        },
+    )
     reward_weights: list[float] | None = field(
         default=None,
         metadata={
@@ -73,13 +89,31 @@ class PPOConfig(TrainingArguments):
     normalize_reward: bool = field(
         default=False, metadata={"help": "Standardise the reward model's score with its reward-stage mean/std."}
     )
-    reward_clip: float | None = field(default=None, metadata={"help": "Clip the total score to [-x, x] (None: off)."})
+    group_baseline: bool = field(
+        default=False,
+        metadata={
+            "help": "Subtract from each score the mean score of the other samples of its prompt (leave-one-out; "
+            "needs num_samples_per_prompt >= 2)."
+        },
+    )
+    running_reward_norm: bool = field(
+        default=False,
+        metadata={"help": "Standardise the score with its running mean/std over all updates and processes."},
+    )
+    reward_clip: float | None = field(
+        default=None,
+        metadata={"help": "Clip the score to [-x, x] (None: off), after the baseline and running normalisation."},
+    )
 
     # advantages and losses
     gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
     whiten_advantages: bool = field(default=True, metadata={"help": "Whiten advantages over valid tokens."})
     cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clip range."})
+    dual_clip: float | None = field(
+        default=None,
+        metadata={"help": "Dual-clip constant c > 1: the loss of a token with A < 0 is at most c |A| (None: off)."},
+    )
     cliprange_value: float = field(default=0.2, metadata={"help": "Value clip range."})
     vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss."})
     value_learning_rate: float | None = field(
@@ -88,6 +122,67 @@ class PPOConfig(TrainingArguments):
     value_max_grad_norm: float | None = field(
         default=None,
         metadata={"help": "Gradient clipping of the value model, apart from the policy's (None: max_grad_norm)."},
+    )
+    critic_warmup_steps: int = field(
+        default=0, metadata={"help": "First updates that train the value model only (the policy is not stepped)."}
+    )
+    ptx_coef: float = field(
+        default=0.0,
+        metadata={"help": "PPO-ptx: weight of the language-model loss on ptx_dataset in the policy loss (0: off)."},
+    )
+    ptx_max_length: int = field(default=512, metadata={"help": "PPO-ptx rows are cut to this many tokens."})
+
+    # failure detection (hf_rlhf.ppo.health)
+    health_checks: bool = field(
+        default=True,
+        metadata={
+            "help": "Stop with PPOFailedError when the run has failed (KL explosion, entropy or response-length "
+            "collapse, falling score), naming the update and the last good checkpoint (hf_rlhf.ppo.health)."
+        },
+    )
+    health_window: int = field(default=5, metadata={"help": "Updates per window (median) of the health checks."})
+    health_patience: int = field(
+        default=3, metadata={"help": "Consecutive updates a health check must fail before the run stops."}
+    )
+    health_max_kl_multiple: float | None = field(
+        default=4.0,
+        metadata={"help": "Stop when the KL per sequence exceeds this multiple of target_kl (None: off)."},
+    )
+    health_max_kl_jump: float | None = field(
+        default=8.0,
+        metadata={"help": "Stop when the KL per sequence rises by more than this (nats) within health_window updates"},
+    )
+    health_min_entropy_ratio: float | None = field(
+        default=0.1,
+        metadata={"help": "Stop when the entropy falls below this fraction of the first health_window updates'."},
+    )
+    health_min_response_length: float | None = field(
+        default=1.5,
+        metadata={"help": "Stop when the response length (tokens, EOS included) falls below this (None: off)."},
+    )
+    health_max_score_drop: float | None = field(
+        default=4.0,
+        metadata={
+            "help": "Stop when the score falls more than this many noise standard deviations (of one update's "
+            "score) below its best (None: off)."
+        },
+    )
+
+    # generation backend (hf_rlhf generation backends)
+    generation_backend: str = backend_option("generation_backend")
+    vllm_mode: str = backend_option("vllm_mode")
+    vllm_server_url: str = backend_option("vllm_server_url")
+    vllm_server_timeout: float = backend_option("vllm_server_timeout")
+    vllm_sync_dir: str | None = backend_option("vllm_sync_dir")
+    vllm_dtype: str | None = backend_option("vllm_dtype")
+    vllm_gpu_memory_utilization: float = backend_option("vllm_gpu_memory_utilization")
+    vllm_enable_sleep_mode: bool = backend_option("vllm_enable_sleep_mode")
+    vllm_importance_sampling_cap: float | None = field(
+        default=None,
+        metadata={
+            "help": "With vLLM: weight each token's policy loss by min(p_trainer / p_vllm, cap), truncated importance "
+            "sampling for the two engines' mismatch (None: off)."
+        },
     )
 
     @property
@@ -100,8 +195,22 @@ class PPOConfig(TrainingArguments):
             raise ValueError(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 for PPO sampling, got {self.temperature}")
-        if min(self.num_mini_batches, self.num_ppo_epochs, self.max_new_tokens) < 1:
-            raise ValueError("num_mini_batches, num_ppo_epochs and max_new_tokens must be >= 1")
+        if min(self.num_mini_batches, self.num_ppo_epochs, self.max_new_tokens, self.num_samples_per_prompt) < 1:
+            raise ValueError(
+                "num_mini_batches, num_ppo_epochs, max_new_tokens and num_samples_per_prompt must be >= 1"
+            )
+        if self.rollout_batch_size % self.num_samples_per_prompt:
+            raise ValueError(
+                f"rollout_batch_size {self.rollout_batch_size} (per_device_train_batch_size x "
+                "gradient_accumulation_steps x num_mini_batches) must be a multiple of num_samples_per_prompt "
+                f"{self.num_samples_per_prompt}"
+            )
+        if self.group_baseline and self.num_samples_per_prompt < 2:
+            raise ValueError("group_baseline needs num_samples_per_prompt >= 2 (the other samples are the baseline)")
+        if self.dual_clip is not None and self.dual_clip <= 1:
+            raise ValueError(f"dual_clip must be a constant > 1 (Ye et al. use 3), got {self.dual_clip}")
+        if self.critic_warmup_steps < 0 or self.ptx_coef < 0 or self.ptx_max_length < 2:
+            raise ValueError("critic_warmup_steps and ptx_coef must be >= 0 and ptx_max_length >= 2")
 
 
 def unsupported_layout(backend: str, zero_stage: int = 0) -> str | None:

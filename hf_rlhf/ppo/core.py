@@ -171,20 +171,53 @@ def gae(
 
 # -------------------------------------------------------------------------------------------------- losses
 def policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, cliprange: float
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange: float,
+    dual_clip: float | None = None,
+    importance_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO's clipped surrogate, averaged over valid tokens; with the clip fraction, approx KL and ratio."""
+    """PPO's clipped surrogate, averaged over valid tokens; with the clip fraction, approx KL and ratio.
+
+    Per token: max(-A r, -A clip(r, 1 - eps, 1 + eps)). `dual_clip` (c > 1, Ye et al. 2020, "Mastering Complex
+    Control in MOBA Games with Deep RL") also bounds the loss of a token with A < 0 by c |A|:
+    min(max(-A r, -A clip(r)), -c A), so a ratio far above 1 on a bad token cannot make the loss unbounded.
+    `importance_weights` (B, T), no gradient, multiply each token's loss: truncated importance sampling for tokens
+    another engine sampled (`hf_rlhf.generation_backend.truncated_importance_weights`).
+    """
     log_ratio = logprobs - old_logprobs
     ratio = log_ratio.exp()
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1 - cliprange, 1 + cliprange)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    losses = torch.maximum(unclipped, clipped)
     stats = {
         "clipfrac": masked_mean((clipped > unclipped).float(), mask),
         "approxkl": 0.5 * masked_mean(log_ratio**2, mask),
         "ratio": masked_mean(ratio, mask),
     }
-    return loss, stats
+    if dual_clip is not None:
+        bound = -dual_clip * advantages
+        dual = (advantages < 0) & (losses > bound)
+        losses = torch.where(dual, bound, losses)
+        stats["dual_clipfrac"] = masked_mean(dual.float(), mask)
+    if importance_weights is not None:
+        losses = losses * importance_weights
+    return masked_mean(losses, mask), stats
+
+
+def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """GRPO's KL term (`kl_in_loss`): the k3 estimate of KL(policy || reference) per token, averaged over valid
+    tokens, differentiated through the policy's log-probabilities (DeepSeekMath, Shao et al. 2024)."""
+    return masked_mean(kl_penalty(logprobs, ref_logprobs, "k3"), mask)
+
+
+def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy (PPO-ptx's language-model term), fp32, averaged over the tokens where `loss_mask` is
+    1: (B, L, V) logits of (B, L) ids; the logit at position t predicts token t + 1."""
+    logprobs = logprobs_from_logits(logits[:, :-1], input_ids[:, 1:])
+    return -masked_mean(logprobs, loss_mask[:, 1:])
 
 
 def value_loss(

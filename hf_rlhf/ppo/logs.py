@@ -12,11 +12,13 @@ from .rollout import Rollout, rollout_statistics
 
 
 class PPOLogging:
-    """What `PPOTrainer` logs; needs `accelerator`, `kl_ctl`, `global_step` and `completions_log`."""
+    """What `PPOTrainer` logs; needs `args`, `accelerator`, `kl_ctl`, `global_step` and `completions_log`."""
 
     def rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
         """Statistics of one rollout over valid tokens only, averaged over every process."""
-        local = rollout_statistics(rollout, self.kl_ctl.value)
+        args = self.args
+        shaped = args.group_baseline or args.running_reward_norm or args.reward_clip is not None
+        local = rollout_statistics(rollout, self.kl_ctl.value, shaped)
         stacked = torch.stack([v.float() for v in local.values()])
         reduced = self.accelerator.reduce(stacked, reduction="mean")
         return {k: v.item() for k, v in zip(local, reduced, strict=True)}
@@ -25,7 +27,7 @@ class PPOLogging:
         """The first rows of every process's rollout, with the total score and each reward, to `completions_log`."""
         rows = self.completions_log.rows
         share = -(-rows // self.accelerator.num_processes)  # every process contributes, as GRPO/RLOO's table
-        parts = {"score": rollout.scores, **rollout.score_parts}
+        parts = {"score": rollout.raw_scores, **rollout.score_parts}
         mine = [
             (prompt, completion, {name: float(values[i]) for name, values in parts.items()})
             for i, (prompt, completion) in enumerate(

@@ -37,6 +37,17 @@ IGNORED_OPTIONS = {
 MODEL_SPECIFIC_OPTIMIZERS = ("galore", "apollo", "lomo")
 
 
+def check_inputs(args, policy, ref_policy, ptx_dataset) -> None:
+    """The trainer's arguments that must come together: a reference (or a peft policy), PPO-ptx's data."""
+    if ref_policy is None and not hasattr(policy, "disable_adapter"):
+        raise ValueError(
+            "ref_policy=None makes the policy with its adapters disabled the reference, which needs a peft "
+            "(LoRA) policy; pass a frozen copy of the SFT model as ref_policy"
+        )
+    if (args.ptx_coef > 0) != (ptx_dataset is not None):
+        raise ValueError("PPO-ptx needs both ptx_coef > 0 and a ptx_dataset (one was given without the other)")
+
+
 def check_options(args: PPOConfig) -> None:
     """Refuse the `TrainingArguments` options PPO would otherwise silently ignore."""
     for name, off in IGNORED_OPTIONS.items():

@@ -2,18 +2,22 @@
 
 One update is four short steps, each a method a subclass can replace:
 
-1. `rollout`: sample responses to a batch of prompts (left-padded, positions from the attention mask, temperature
-   sampling with top-k/top-p off), cut after the first EOS, and compute old logprobs, reference logprobs and values
-   with the same forward pass the update uses (so the ratio is 1 on the first minibatch);
-2. `score`: the reward model and/or reward functions, weighted; missing-EOS penalty, normalisation, clipping;
-3. `compute_advantages`: per-token KL penalty in the reward, score at the EOS token, `advantage_fn` (GAE by default),
-   whitening over valid tokens;
-4. `update`: PPO epochs over shuffled minibatches with gradient accumulation, clipped policy and value losses.
+1. `rollout`: sample `num_samples_per_prompt` responses to each prompt of a batch (left-padded, positions from the
+   attention mask, temperature sampling with top-k/top-p off), cut after the first EOS, and compute old logprobs,
+   reference logprobs and values with the same forward pass the update uses (so the ratio is 1 on the first
+   minibatch); the LM head runs on the response positions only;
+2. `score`: the reward model and/or reward functions, weighted; missing-EOS penalty, group baseline, running
+   normalisation, clipping (`hf_rlhf.ppo.shaping`);
+3. `compute_advantages`: per-token KL penalty in the reward (unless `kl_in_loss`), score at the EOS token,
+   `advantage_fn` (GAE by default), whitening over valid tokens;
+4. `update`: PPO epochs over shuffled minibatches with gradient accumulation, clipped policy and value losses, and the
+   optional KL, PPO-ptx and critic warm-up terms (`hf_rlhf.ppo.update`).
 
 Precision, optimizer, clipping and the refused layouts (ZeRO-3, FSDP): `hf_rlhf.ppo.setup`.
-Deliberately left out: a separate value-head class (the value model is any sequence-classification model, its head
-applied to every position), reward models with another tokenizer than their own (responses are decoded and re-encoded
-by `hf_rlhf.reward.scorer.encode_for_reward`), and vLLM generation.
+Generation: HF `generate` or vLLM (`generation_backend`, `hf_rlhf.generation_backend`). Deliberately left out: a
+separate value-head class (the value model is any sequence-classification model, its head applied to every position)
+and reward models with another tokenizer than their own (responses are decoded and re-encoded by
+`hf_rlhf.reward.scorer.encode_for_reward`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import NonFiniteLossError, TrainingInterrupted
+from ..generation_backend import make_backend, sampler_corrections
 from ..placement import frozen
 from ..resilience import (
     StopRequest,
@@ -46,14 +51,18 @@ from ..reward.scorer import RewardFunction
 from ..sampling import sampling_config
 from . import checkpoint, core, setup
 from .config import PPOConfig
+from .health import PPOHealthMonitor
 from .logs import PPOLogging
+from .ptx import PtxBatches
 from .roles import adapters_disabled
-from .rollout import PolicyAndValue, Rollout, encode_prompts, generate_responses, prompt_batches
+from .rollout import PolicyAndValue, Rollout, encode_prompts, generate_responses, prompt_batches, response_logits
+from .shaping import RunningMoments, group_baseline
+from .update import PPOUpdate
 
 logger = logging.getLogger(__name__)
 
 
-class PPOTrainer(PPOLogging):
+class PPOTrainer(PPOUpdate, PPOLogging):
     """PPO with a KL penalty to a reference model, for causal LMs.
 
     Args:
@@ -75,6 +84,9 @@ class PPOTrainer(PPOLogging):
         advantage_fn: `(rewards, values, mask, gamma, lam) -> (advantages, returns)`; GAE by default.
         completions_log (`hf_rlhf.completions_log.CompletionsLog`, *optional*): Logs a table of sample completions
             with their scores every `every` updates (main process).
+        ptx_dataset (*optional*): PPO-ptx rows (`text`, `messages` or `prompt` + `completion`), or their
+            `hf_rlhf.ppo.ptx.PtxBatches`, whose LM loss is mixed into the policy's with weight `ptx_coef`; needed
+            when `ptx_coef > 0`.
     """
 
     def __init__(
@@ -91,6 +103,7 @@ class PPOTrainer(PPOLogging):
         reward_stats: dict[str, float] | None = None,
         advantage_fn: Callable = core.gae,
         completions_log=None,
+        ptx_dataset=None,
     ):
         if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
             raise ValueError("PPO needs a PAD token distinct from EOS (responses are cut after the first EOS)")
@@ -105,12 +118,13 @@ class PPOTrainer(PPOLogging):
         if len(self.reward_weights) != len(self.reward_funcs) or len(self.reward_names) != len(self.reward_funcs):
             raise ValueError("reward_weights and reward_names need one entry per reward function")
         self.reward_stats, self.advantage_fn, self.completions_log = reward_stats, advantage_fn, completions_log
-        if ref_policy is None and not hasattr(policy, "disable_adapter"):
-            raise ValueError(
-                "ref_policy=None makes the policy with its adapters disabled the reference, which needs a peft "
-                "(LoRA) policy; pass a frozen copy of the SFT model as ref_policy"
-            )
+        setup.check_inputs(args, policy, ref_policy, ptx_dataset)
         setup.check_options(args)
+        self.generation_backend = make_backend(args)  # HF `generate` or vLLM, its options checked (docs/vllm.md)
+        self.health = PPOHealthMonitor(args, args.output_dir)  # stops a run gone wrong (`hf_rlhf.ppo.health`)
+        self.ptx = ptx_dataset
+        if ptx_dataset is not None and not isinstance(ptx_dataset, PtxBatches):  # rows: encoded and checked now
+            self.ptx = PtxBatches(tokenizer, ptx_dataset, args.ptx_max_length, args.seed)
         self.logging_dir = setup.default_logging_dir(args)
         self.accelerator = setup.make_accelerator(args, self.logging_dir)
         if self.accelerator.num_processes > 1:  # each process samples its own responses: seed + process index
@@ -142,25 +156,26 @@ class PPOTrainer(PPOLogging):
             else core.FixedKLController(args.kl_coef)
         )
         self.global_step, self.history = 0, []
+        self.reward_moments = RunningMoments()  # `running_reward_norm`
         self.generation_config = sampling_config(tokenizer, args.max_new_tokens, args.temperature)
 
     # ------------------------------------------------------------------------------------------ prompts
     def prompt_batches(self) -> Iterator[list[Any]]:
         """This process's share of each update's prompts, in a seeded order that a resumed run replays exactly."""
         acc = self.accelerator
-        return prompt_batches(
-            self.train_dataset, self.args.rollout_batch_size, self.args.seed, acc.num_processes, acc.process_index
-        )
+        per_update = self.args.rollout_batch_size // self.args.num_samples_per_prompt
+        return prompt_batches(self.train_dataset, per_update, self.args.seed, acc.num_processes, acc.process_index)
 
     # ------------------------------------------------------------------------------------------ rollout
-    def forward(self, model: nn.Module, query_ids, query_mask, response_ids, response_mask):
+    def forward(self, model: nn.Module, query_ids, query_mask, response_ids, response_mask, ptx=None):
         """The training forward pass under the run's autocast: (logits, fp32 values) for the response tokens; the
-        log-probabilities are `core.logprobs_from_logits(logits, response_ids, temperature)` (fp32)."""
+        log-probabilities are `core.logprobs_from_logits(logits, response_ids, temperature)` (fp32). With `ptx`
+        (ids, mask) of PPO-ptx rows, also the policy's logits on them, as a third element."""
         input_ids = torch.cat([query_ids, response_ids], 1)
         attention_mask = torch.cat([query_mask, response_mask], 1)
         with self.accelerator.autocast():
-            logits, values = model(input_ids, attention_mask, query_ids.shape[1])
-        return logits, values.float()
+            logits, values, *rest = model(input_ids, attention_mask, query_ids.shape[1], ptx=ptx)
+        return (logits, values.float(), *rest)
 
     def reference_logprobs(self, query_ids, query_mask, response_ids, response_mask) -> torch.Tensor:
         """Logprobs of the responses under the reference model, with the same temperature."""
@@ -173,19 +188,22 @@ class PPOTrainer(PPOLogging):
             if ref is None:  # a peft policy: the reference is the base with the adapter disabled
                 ref = self.accelerator.unwrap_model(self.model).policy
                 stack.enter_context(adapters_disabled(ref))
-            logits = ref(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-        logits = logits[:, query_ids.shape[1] - 1 : -1]
+            logits = response_logits(ref, input_ids, attention_mask, position_ids, query_ids.shape[1])
         return core.logprobs_from_logits(logits, response_ids, self.args.temperature)
 
     @torch.no_grad()
     def rollout(self, prompts: list[Any]) -> Rollout:
-        """Sample one response per prompt and compute old logprobs, reference logprobs and values."""
+        """Sample `num_samples_per_prompt` responses per prompt (consecutive rows) and compute old logprobs,
+        reference logprobs and values."""
         tok, step = self.tokenizer, self.args.rollout_forward_batch_size
+        prompts = [p for p in prompts for _ in range(self.args.num_samples_per_prompt)]
         query_ids, query_mask = encode_prompts(tok, prompts, self.accelerator.device)
         unwrapped = self.accelerator.unwrap_model(self.model)
         unwrapped.eval()
         with self.accelerator.autocast():  # sample from the distribution the update trains
-            generated = generate_responses(unwrapped.policy, query_ids, query_mask, self.generation_config, step)
+            generated, sampler_logprobs = generate_responses(
+                unwrapped.policy, query_ids, query_mask, self.generation_config, step, self.generation_backend, True
+            )
         response_ids, response_mask, has_eos = core.truncate_after_eos(generated, tok.eos_token_id, tok.pad_token_id)
         logprobs, ref_logprobs, values, entropy = [], [], [], []
         for start in range(0, len(prompts), step):
@@ -197,25 +215,27 @@ class PPOTrainer(PPOLogging):
             values.append(value)
             ref_logprobs.append(self.reference_logprobs(*args))
         mask = response_mask.float()
-        completions = tok.batch_decode(response_ids, skip_special_tokens=True)
-        return Rollout(
+        per_token = {"logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values, "entropy": entropy}
+        rollout = Rollout(
             prompts=list(prompts),
-            completions=[c.strip() for c in completions],
+            completions=[c.strip() for c in tok.batch_decode(response_ids, skip_special_tokens=True)],
             query_ids=query_ids,
             query_mask=query_mask,
             response_ids=response_ids,
             response_mask=response_mask,
             has_eos=has_eos,
-            logprobs=torch.cat(logprobs) * mask,
-            ref_logprobs=torch.cat(ref_logprobs) * mask,
-            values=torch.cat(values) * mask,
-            entropy=torch.cat(entropy) * mask,
+            **{name: torch.cat(chunks) * mask for name, chunks in per_token.items()},
         )
+        rollout.sampler_logprobs, rollout.importance_weights = sampler_corrections(  # vLLM's tokens (None: HF)
+            sampler_logprobs, rollout.logprobs, mask, self.args.vllm_importance_sampling_cap
+        )
+        return rollout
 
     # -------------------------------------------------------------------------------------------- score
     @torch.no_grad()
     def score(self, rollout: Rollout) -> Rollout:
-        """Weighted sum of the reward functions, then missing-EOS penalty and clipping."""
+        """Weighted sum of the reward functions, then missing-EOS penalty, group baseline, running normalisation and
+        clipping (`hf_rlhf.ppo.shaping`); `raw_scores` keep the score before the last three."""
         device = self.accelerator.device
         total = torch.zeros(len(rollout.prompts), device=device)
         parts = {}
@@ -230,17 +250,25 @@ class PPOTrainer(PPOLogging):
                 total += weight * values
         if self.args.missing_eos_penalty is not None:
             total = total - self.args.missing_eos_penalty * (~rollout.has_eos).float()
+        rollout.raw_scores, rollout.score_parts = total, parts
+        if self.args.group_baseline:
+            total = group_baseline(total, self.args.num_samples_per_prompt)
+        if self.args.running_reward_norm:
+            self.reward_moments.update(total, lambda t: self.accelerator.reduce(t, reduction="sum"))
+            total = self.reward_moments.normalize(total)
         if self.args.reward_clip is not None:
             total = total.clamp(-self.args.reward_clip, self.args.reward_clip)
-        rollout.scores, rollout.score_parts = total, parts
+        rollout.scores = total
         return rollout
 
     # ------------------------------------------------------------------------------------- advantages
     def compute_advantages(self, rollout: Rollout) -> Rollout:
-        """Per-token rewards (KL penalty + score at EOS), advantages and returns; whitened over valid tokens."""
+        """Per-token rewards (KL penalty + score at EOS), advantages and returns; whitened over valid tokens. With
+        `kl_in_loss` the reward is the score alone (the KL is a loss term, `hf_rlhf.ppo.update`)."""
         mask = rollout.response_mask.float()
         rollout.kl = core.kl_penalty(rollout.logprobs, rollout.ref_logprobs, self.args.kl_estimator) * mask
-        rollout.rewards, _ = core.compute_rewards(rollout.scores, rollout.kl, mask, self.kl_ctl.value)
+        kl_coef = 0.0 if self.args.kl_in_loss else self.kl_ctl.value
+        rollout.rewards, _ = core.compute_rewards(rollout.scores, rollout.kl, mask, kl_coef)
         advantages, rollout.returns = self.advantage_fn(
             rollout.rewards, rollout.values, mask, self.args.gamma, self.args.lam
         )
@@ -257,51 +285,6 @@ class PPOTrainer(PPOLogging):
         mean = total / count.clamp(min=1)
         var = (total_sq / count.clamp(min=1) - mean**2) * count / (count - 1).clamp(min=1)
         return mean, var
-
-    # --------------------------------------------------------------------------------------------- update
-    def update(self, rollout: Rollout) -> dict[str, float]:
-        """PPO epochs over shuffled minibatches; returns the mean of the per-micro-batch statistics."""
-        args, model = self.args, self.model
-        model.train()
-        n = rollout.response_ids.shape[0]
-        minibatch = n // args.num_mini_batches
-        micro = max(1, minibatch // args.gradient_accumulation_steps)
-        stats: dict[str, list[float]] = {}
-        for _ in range(args.num_ppo_epochs):
-            order = torch.randperm(n, device=rollout.response_ids.device)
-            for mb_start in range(0, minibatch * args.num_mini_batches, minibatch):
-                for micro_start in range(mb_start, mb_start + minibatch, micro):
-                    batch = rollout.select(order[micro_start : micro_start + micro])
-                    with self.accelerator.accumulate(model):
-                        step_stats = self.training_step(batch)
-                    for key, value in step_stats.items():
-                        stats.setdefault(key, []).append(value)
-        return {key: sum(v) / len(v) for key, v in stats.items()}
-
-    def training_step(self, batch: Rollout) -> dict[str, float]:
-        """One micro-batch: clipped policy and value losses, backward, and (on sync) clip and step."""
-        args = self.args
-        mask = batch.response_mask.float()
-        logits, values = self.forward(
-            self.model, batch.query_ids, batch.query_mask, batch.response_ids, batch.response_mask
-        )
-        logprobs = core.logprobs_from_logits(logits, batch.response_ids, args.temperature)
-        pg_loss, pg_stats = core.policy_loss(logprobs, batch.logprobs, batch.advantages, mask, args.cliprange)
-        vf_loss, vf_stats = core.value_loss(values, batch.values, batch.returns, mask, args.cliprange_value)
-        loss = pg_loss + args.vf_coef * vf_loss
-        self.accelerator.backward(loss)
-        norms = (
-            setup.clip_gradients(self.accelerator, args, self.param_groups) if self.accelerator.sync_gradients else {}
-        )
-        self.optimizer.step()
-        if self.accelerator.sync_gradients and not self.accelerator.optimizer_step_was_skipped:
-            self.scheduler.step()
-        self.optimizer.zero_grad()
-        out = {"loss/policy": pg_loss.item(), "loss/value": vf_loss.item()}
-        out.update({f"policy/{k}": v.item() for k, v in pg_stats.items()})
-        out.update({f"value/{k}": v.item() for k, v in vf_stats.items()})
-        out.update(norms)
-        return out
 
     # ------------------------------------------------------------------------------------------------ loop
     def train(self, resume_from_checkpoint: str | bool | None = None) -> list[dict[str, float]]:
@@ -345,6 +328,7 @@ class PPOTrainer(PPOLogging):
                         interrupted_message(self.args.output_dir, self.global_step, self.num_updates, saved)
                     )
         bar.close()
+        self.generation_backend.close()
         for tracker in self.accelerator.trackers:  # not `end_training()`: it destroys the process group, which
             tracker.finish()  # saving the model and the later stages of a pipeline still use
         return self.history
@@ -373,6 +357,7 @@ class PPOTrainer(PPOLogging):
         self.history.append(metrics)
         if self.global_step % max(1, int(self.args.logging_steps)) == 0:
             self.log(metrics)
+        self.health.check(self.global_step, metrics)
         if self.completions_log is not None and self.completions_log.due(self.global_step):
             self.log_completions(rollout)
         return metrics
@@ -380,14 +365,25 @@ class PPOTrainer(PPOLogging):
     # ---------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> str:
         """Write `checkpoint-<step>` (complete once marked, `hf_rlhf.resilience`); returns its path."""
-        state = {"global_step": self.global_step, "kl_ctl": self.kl_ctl.state_dict(), "history": self.history}
+        state = {
+            "global_step": self.global_step,
+            "kl_ctl": self.kl_ctl.state_dict(),
+            "history": self.history,
+            "reward_moments": self.reward_moments.state_dict(),
+            **({"ptx": self.ptx.state_dict()} if self.ptx is not None else {}),
+        }
         return checkpoint.save_checkpoint(self.accelerator, self.args.output_dir, state, self.args.save_total_limit)
 
     def load_checkpoint(self, path: str) -> None:
         """Restore policy, value model, optimizer, scheduler, RNG states, KL controller and step."""
         state = checkpoint.load_checkpoint(self.accelerator, path)
         self.global_step, self.history = state["global_step"], state["history"]
+        self.health.resume(self.history)
         self.kl_ctl.load_state_dict(state["kl_ctl"])
+        if "reward_moments" in state:  # checkpoints written before running normalisation existed have none
+            self.reward_moments.load_state_dict(state["reward_moments"])
+        if self.ptx is not None and "ptx" in state:
+            self.ptx.load_state_dict(state["ptx"])
 
     def save_model(self, output_dir: str) -> None:
         """Save the trained policy (with LoRA, its adapter only) and tokenizer; the value model to `value_model/`;

@@ -12,9 +12,11 @@ calibration) go into the manifest. Not a chat model: it serves the RL stage.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any
 
+import torch
 from datasets import Dataset
 from transformers import set_seed
 from trl import ModelConfig, TrlParser
@@ -25,12 +27,15 @@ from ..data.loading import load_stage_dataset, resolve_dataset, row_counts
 from ..data.preference import RATING_SCORES, PreferenceOptions, conversion_counts, describe_conversion, to_groups
 from ..hub import remote_code
 from ..hub.push import push_request, push_stage, without_push
+from ..model_roles import describe_model
 from ..modeling import (
     is_quantized,
     load_reward_model,
     load_tokenizer,
     peft_config_for,
     resolve_model,
+    resolve_model_path,
+    reward_head,
     torch_dtype,
     trainable_parameters,
 )
@@ -94,6 +99,28 @@ def reference_pairs(name: str, max_samples: int) -> tuple[list[Any], list[Any]]:
     return [m[:-1] for m in rows["messages"]], [m[-1:] for m in rows["messages"]]
 
 
+def init_reward_head(model, name_or_path: str, init: str) -> float | None:
+    """Draw a new score head's weights from N(0, 1/sqrt(d+1)) (std, d the hidden size) and zero its bias.
+
+    Stiennon et al. (2020, "Learning to summarize from human feedback") and InstructGPT initialise the reward head so
+    that the initial rewards have about unit variance (lm-human-preferences: `init_scale=1/sqrt(d_model+1)`).
+    Only a head the checkpoint at `name_or_path` does not hold (the SFT model's) is drawn; a trained one is kept.
+    Returns the std used, or None (`init: model` or a head from the checkpoint: the weights as loaded).
+    """
+    directory = resolve_model_path(name_or_path, "model_name_or_path")
+    if init == "model" or describe_model(directory).has_head is not False:
+        return None
+    head = reward_head(model)
+    if not head.weight.is_floating_point():  # a quantized head (not the package's layout): left as loaded
+        return None
+    std = 1 / math.sqrt(head.in_features + 1)
+    with torch.no_grad():
+        head.weight.normal_(0.0, std)
+        if head.bias is not None:
+            head.bias.zero_()
+    return std
+
+
 def check_arguments(data_args: DataArguments, training_args: RewardStageConfig, model_args: ModelConfig) -> None:
     """What `run` checks of the recipe before reading data (`plan` checks the same)."""
     if training_args.invalid_rows not in ("error", "drop") or training_args.too_long not in (
@@ -104,6 +131,8 @@ def check_arguments(data_args: DataArguments, training_args: RewardStageConfig, 
         raise RecipeError("invalid_rows must be 'error' or 'drop'; too_long must be 'drop', 'truncate' or 'error'")
     if not model_args.model_name_or_path or not training_args.output_dir:
         raise RecipeError("reward needs `model_name_or_path` (the SFT model) and `output_dir`")
+    if training_args.reward_head_init not in ("stiennon", "model"):
+        raise RecipeError(f"reward_head_init must be 'stiennon' or 'model', got {training_args.reward_head_init!r}")
     if training_args.rating_score not in RATING_SCORES:
         raise RecipeError(
             f"rating_score must be one of {', '.join(RATING_SCORES)}, got {training_args.rating_score!r}"
@@ -182,6 +211,7 @@ def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: 
         require_trained_head=False,
         what="model_name_or_path",
     )
+    head_std = init_reward_head(model, model_args.model_name_or_path, training_args.reward_head_init)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.update({REWARD_ENCODING: "chat" if chat else "text"})  # how every later scorer encodes text pairs
     training_args.prediction_loss_only = True
@@ -205,6 +235,8 @@ def run(data_args: DataArguments, training_args: RewardStageConfig, model_args: 
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics: dict[str, Any] = {"train_loss": train_result.training_loss, "format": fmt, "rows": rows}
     metrics.update(trainable_parameters=trainable, total_parameters=total)
+    if head_std is not None:  # a new head drawn from N(0, 1/sqrt(d+1))
+        metrics["reward_head_init_std"] = head_std
     model = trainer.model
 
     # Centre: shift the head so the mean reward over the reference set is 0; keep mean/std for the RL stage.

@@ -24,14 +24,10 @@ from ..data.prompts import check_long_prompts, describe_policy
 from ..hub import remote_code
 from ..hub.push import push_request, push_stage, without_push
 from ..modeling import (
-    is_quantized,
     load_causal_lm,
-    load_reward_model,
     load_tokenizer,
     peft_config_for,
     resolve_model,
-    resolve_model_path,
-    trainable_parameters,
 )
 from ..outputs import check_output, finish_stage, start_stage
 from ..plan import rows
@@ -39,14 +35,13 @@ from ..plan.context import Context, StagePlan, describe_data
 from ..plan.memory import Role, estimate
 from ..recipes import RecipeError, parse_command_line
 from ..resilience import resilient
-from ..reward.scorer import RewardModelScorer
-from ..storage import check_space, writing
+from ..storage import writing
+from .rl_ppo import check_ptx, ppo_models, ptx_batches, run_ppo  # noqa: F401 (ppo_models re-exported)
 from .rl_rewards import (
     check_rewards,
     check_rl_prompts,
     check_roles,
     escape_prompts,
-    final_metrics,
     reward_functions,
     tokenizer_plan,
     trl_reward,
@@ -75,6 +70,7 @@ def check_arguments(data_args: DataArguments, rl_args: RLArguments, training_arg
         raise RecipeError("rl needs `model_name_or_path` (the SFT model) and `output_dir`")
     check_rewards(rl_args, training_args)
     check_long_prompts(rl_args.long_prompts)
+    check_ptx(rl_args, training_args)
     shared_base = getattr(training_args, "shared_base", False)
     if rl_args.algorithm != "ppo" and shared_base:
         raise RecipeError("shared_base is a PPO layout")
@@ -94,52 +90,6 @@ def check_arguments(data_args: DataArguments, rl_args: RLArguments, training_arg
         raise RecipeError("ppo needs `value_model_path` or `reward_model_path` to initialise the value model")
 
 
-def ppo_models(
-    policy, tokenizer, rl_args: RLArguments, training_args, model_args: ModelConfig, funcs: list, value_init: dict
-):
-    """(policy, reference, value model) for PPO in the recipe's layout; fills in the shared reward adapter.
-
-    Full finetuning: a frozen copy of the SFT model is the reference, the value model starts from `value_init`
-    (the reward model when it shares the policy's tokenizer, else the policy with a new head: `tokenizer_plan`).
-    LoRA: the reference is the policy with its adapter disabled (one base). `shared_base`: the value and reward
-    models are adapters of that base too (`hf_rlhf.ppo.roles`).
-    """
-    from peft import get_peft_model
-
-    from ..ppo.roles import check_shared_base, shared_roles
-
-    peft_config = peft_config_for(model_args)
-    quantized = is_quantized(policy)
-    if quantized and peft_config is None:
-        raise RecipeError("a 4/8-bit policy cannot be trained in full: set `use_peft: true` (QLoRA)")
-    if training_args.shared_base:
-        try:
-            check_shared_base(model_args.model_name_or_path, rl_args.reward_model_path)
-        except ValueError as e:
-            raise RecipeError(str(e)) from e
-        policy = get_peft_model(policy, peft_config)
-        value_model, reward_model = shared_roles(policy, rl_args.reward_model_path)
-        reward_dir = resolve_model_path(rl_args.reward_model_path, "reward model")
-        funcs[0] = RewardModelScorer(reward_model, tokenizer, directory=reward_dir)
-        return policy, None, value_model
-    value_path = value_init["path"]  # the reward model, value_model_path, or the policy (`tokenizer_plan`)
-    value_model = load_reward_model(
-        value_path,
-        trust_remote_code=training_args.trust_remote_code,
-        model_args=model_args,
-        require_trained_head=False,
-        what=f"value model (from {value_init['from']})",
-    )
-    if value_model.get_input_embeddings().num_embeddings < len(tokenizer):  # from a policy whose PAD was added
-        value_model.resize_token_embeddings(len(tokenizer))
-    value_model.config.pad_token_id = tokenizer.pad_token_id
-    if peft_config is None:
-        ref_policy = load_causal_lm(model_args, tokenizer=tokenizer, trust_remote_code=training_args.trust_remote_code)
-        return policy, ref_policy, value_model
-    value_model = get_peft_model(value_model, peft_config_for(model_args, "value"))
-    return get_peft_model(policy, peft_config), None, value_model
-
-
 def completions_log(rl_args: RLArguments, training_args):
     """The completions table of the run (`hf_rlhf.completions_log`), or `None` with `log_completions_steps: 0`."""
     from ..completions_log import CompletionsLog
@@ -148,42 +98,6 @@ def completions_log(rl_args: RLArguments, training_args):
         return None
     every, rows = rl_args.log_completions_steps, rl_args.log_completions_rows
     return CompletionsLog(training_args.output_dir, every, rows, training_args.report_to)
-
-
-def run_ppo(
-    policy, tokenizer, train, rl_args, training_args, model_args, rewards, value_init
-) -> tuple[Any, dict[str, Any]]:
-    from ..ppo.plots import plot_training_curves
-    from ..ppo.trainer import PPOTrainer
-
-    funcs, names, weights, stats = rewards
-    policy, ref_policy, value_model = ppo_models(
-        policy, tokenizer, rl_args, training_args, model_args, funcs, value_init
-    )
-    trainer = PPOTrainer(
-        training_args,
-        policy,
-        ref_policy,
-        value_model,
-        tokenizer,
-        train,
-        funcs,
-        weights,
-        names,
-        stats,
-        completions_log=completions_log(rl_args, training_args),
-    )
-    trainable, total = trainable_parameters(trainer.model)
-    logger.info("PPO trains %d of %d parameters (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
-    check_space(training_args.output_dir, trainer.model, training_args)  # the model and a checkpoint fit
-    history = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    with writing(training_args.output_dir):  # a full disk: one line, the previous output kept
-        trainer.save_model(training_args.output_dir)
-    if trainer.accelerator.is_main_process:
-        plot_training_curves(history, os.path.join(training_args.output_dir, "training_curves.png"))
-    metrics = final_metrics(history)
-    metrics.update(updates=len(history), trainable_parameters=trainable, total_parameters=total)
-    return trainer, {"metrics": metrics, "history": history}
 
 
 def run_trl(algorithm, policy, tokenizer, train, rl_args, training_args, model_args, rewards):
@@ -247,6 +161,9 @@ def run(data_args: DataArguments, rl_args: RLArguments, training_args, model_arg
     }
     if rl_args.value_model_path:
         inputs["value_model"] = resolve_model(rl_args.value_model_path, "value model")
+    ptx, ptx_source = ptx_batches(rl_args, training_args, tokenizer, training_args.seed)  # checked before models load
+    if ptx_source is not None:
+        inputs["ptx_dataset"] = ptx_source
     tokenizers = tokenizer_plan(rl_args, training_args, model_args, tokenizer)
     rewards = reward_functions(rl_args, training_args, model_args, tokenizer)
     push = push_request(training_args)  # checked now: a push that cannot happen fails before training
@@ -258,7 +175,10 @@ def run(data_args: DataArguments, rl_args: RLArguments, training_args, model_arg
             "path": rl_args.value_model_path or rl_args.reward_model_path,
             "from": "value_model_path" if rl_args.value_model_path else "reward_model",
         }
-        trainer, result = run_ppo(policy, tokenizer, train, rl_args, training_args, model_args, rewards, value_init)
+        log = completions_log(rl_args, training_args)
+        trainer, result = run_ppo(
+            policy, tokenizer, train, rl_args, training_args, model_args, rewards, value_init, log, ptx
+        )
         main_process = trainer.accelerator.is_main_process
     else:
         trainer, result = run_trl(
@@ -336,12 +256,13 @@ def plan(
             value_arch, _ = ctx.model(rl_args.value_model_path, "value_model_path")
         value = rows.trained_role("value", value_arch, "reward", model_args, rows.peft_config_of(model_args, "value"))
         roles.append(dataclasses.replace(value, shared_with="policy" if shared_base else None))
-        per_update = args.rollout_batch_size
+        per_update, k = args.rollout_batch_size, args.num_samples_per_prompt
+        samples = f" ({per_update // k} prompts x {k} samples)" if k > 1 else ""
         out.rows.append(
             (
                 "rollouts",
-                f"{per_update} prompts per process x {world} = {per_update * world} per update, {args.max_steps} "
-                f"updates; each {args.num_ppo_epochs} epochs x {args.num_mini_batches} minibatches "
+                f"{per_update} sequences{samples} per process x {world} = {per_update * world} per update, "
+                f"{args.max_steps} updates; each {args.num_ppo_epochs} epochs x {args.num_mini_batches} minibatches "
                 f"(micro-batch {batch}); temperature {args.temperature:g}, kl_coef {args.kl_coef:g} "
                 f"({args.kl_estimator}), lr {args.learning_rate:g}",
             )

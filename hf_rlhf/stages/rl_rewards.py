@@ -57,8 +57,13 @@ def prompts_per_update(rl_args: RLArguments, training_args) -> tuple[int, str]:
     (all processes), `num_generations` per prompt, and skip a batch they cannot fill.
     """
     if rl_args.algorithm == "ppo":
-        per, world = training_args.rollout_batch_size, training_args.world_size
-        return per * world, f"rollout_batch_size {per} x {world} process{'es' if world > 1 else ''}"
+        per, world, k = (
+            training_args.rollout_batch_size,
+            training_args.world_size,
+            training_args.num_samples_per_prompt,
+        )
+        why = f"rollout_batch_size {per} / num_samples_per_prompt {k} x {world} process{'es' if world > 1 else ''}"
+        return per // k * world, why
     batch, k = training_args.generation_batch_size, training_args.num_generations
     return batch // k, f"generation_batch_size {batch} / num_generations {k}"
 

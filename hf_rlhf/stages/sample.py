@@ -29,6 +29,7 @@ from ..data.prompts import check_long_prompts, check_prompts, describe_policy, m
 from ..data.world import is_world_question
 from ..errors import RecipeError
 from ..eval.generation import generate
+from ..generation_backend import check_backend_options, make_backend
 from ..hub import remote_code
 from ..hub.push import push_request, push_stage
 from ..manifest import require_complete
@@ -62,6 +63,7 @@ def sample_completions(
     k, size = args.num_completions, args.batch_size
     repeated = [p for p in prompts for _ in range(k)]
     chunks = list(enumerate(repeated[i : i + size] for i in range(0, len(repeated), size)))
+    backend = make_backend(args)  # HF generate, or vLLM with the model's weights synced (docs/vllm.md)
 
     def sample_chunks(mine: list[tuple[int, list[Any]]]) -> list[list[str]]:
         shown = desc if process_state().is_local_main_process else None
@@ -74,11 +76,15 @@ def sample_completions(
                 temperature=args.temperature,
                 batch_size=size,
                 seed=chunk_seed(args.seed, i),
+                backend=backend,
             )
             for i, chunk in tqdm(mine, desc=shown, disable=shown is None, leave=False)
         ]
 
-    flat = [c for chunk in split_over_processes(chunks, sample_chunks) for c in chunk]
+    try:
+        flat = [c for chunk in split_over_processes(chunks, sample_chunks) for c in chunk]
+    finally:
+        backend.close()
     return [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
 
 
@@ -99,6 +105,10 @@ def check_arguments(data_args: DataArguments, args: SampleArguments):
     if not args.output_dir or not args.model_name_or_path:
         raise RecipeError("sample needs `model_name_or_path` and `output_dir`")
     check_long_prompts(args.long_prompts)
+    try:
+        check_backend_options(args)
+    except ValueError as err:
+        raise RecipeError(str(err)) from None
     return check_labeler(args.labeler, args.labeler_model)
 
 

@@ -1,6 +1,9 @@
 """Who ranks the K completions of `hf-rlhf sample` (`SampleArguments.labeler`).
 
 * `none`: nobody; `ranking` is left empty for people to fill in the exported JSONL.
+* `human`: people, in the labeling app (`hf_rlhf.label`): `ranking` is left empty here; the pipeline stops after
+  sampling with the commands to label, and resumes at the reward stage with the app's export once the project has
+  `label_min_rankings` rankings (`hf_rlhf.label.pipeline`).
 * `tiny_world`: the tiny world's gold labeler (the simulated contractors). Prompts that are not the world's questions
   keep an empty `ranking` (for people) and are counted in the manifest (`unranked_outside_world`).
 * `package.module:function`: `f(prompts, completions) -> scores`, `completions` a list of K strings per prompt and
@@ -20,16 +23,15 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..data.preference import ranks_from_scores  # ties for equal scores, as for rated datasets
 from ..data.world import is_world_question
 from ..encoding import encode_prompt, encode_text
 from ..errors import DataValidationError, RecipeError
-from ..placement import model_device
+from ..eval.judge import answer_logprobs, request_text
 from ..reward.scorer import import_function
 
-LABELERS = ("none", "tiny_world", "reward_model", "judge")  # or 'package.module:function'
+LABELERS = ("none", "human", "tiny_world", "reward_model", "judge")  # or 'package.module:function'
 MODEL_LABELERS = ("reward_model", "judge")
 
 # The judge's question. `{prompt}` is the prompt's text (a conversation: one "role: content" line per message).
@@ -59,13 +61,9 @@ def check_labeler(labeler: str, labeler_model: str | None) -> Callable | None:
         raise RecipeError(str(e)) from e
 
 
-def prompt_text(prompt: Any) -> str:
-    """A prompt as the judge reads it: text as is, a conversation as one `role: content` line per message."""
-    return prompt if isinstance(prompt, str) else "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
-
-
 class JudgeScorer:
-    """A causal LM as a reward function: log p(" Yes") - log p(" No") after `JUDGE_TEMPLATE`.
+    """A causal LM as a reward function: log p(" Yes") - log p(" No") after `JUDGE_TEMPLATE`, read by
+    `hf_rlhf.eval.judge.answer_logprobs` (the pairwise judge of the report reads its answers the same way).
 
     Args:
         model: The judge, a causal LM (`load_model_for_inference` puts it on this process's device; its inputs go
@@ -81,29 +79,12 @@ class JudgeScorer:
 
     @torch.no_grad()
     def __call__(self, prompts: list[Any], completions: list[str]) -> list[float]:
-        contexts = [
-            JUDGE_TEMPLATE.format(prompt=prompt_text(p), response=c) for p, c in zip(prompts, completions, strict=True)
+        contexts = [  # encoded as `generate` encodes text prompts
+            encode_prompt(self.tokenizer, JUDGE_TEMPLATE.format(prompt=request_text(p), response=c))
+            for p, c in zip(prompts, completions, strict=True)
         ]
-        positions = getattr(self.model.config, "max_position_embeddings", None)
-        room = positions - max(map(len, self.answers)) if positions else None
-        rows, starts = [], []
-        for ids in (encode_prompt(self.tokenizer, c) for c in contexts):  # as `generate` encodes text prompts
-            ids = ids[-room:] if room else ids  # a context longer than the judge's positions keeps its end
-            for answer in self.answers:
-                rows.append(ids + answer)
-                starts.append(len(ids))
-        logps = []
-        device = model_device(self.model)
-        for begin in range(0, len(rows), self.batch_size):
-            batch = [torch.tensor(r) for r in rows[begin : begin + self.batch_size]]
-            ids = nn.utils.rnn.pad_sequence(batch, batch_first=True, padding_value=self.tokenizer.pad_token_id)
-            mask = (torch.arange(ids.shape[1])[None] < torch.tensor([len(b) for b in batch])[:, None]).long()
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
-            logp = logits[:, :-1].log_softmax(-1).gather(2, ids[:, 1:, None]).squeeze(-1)
-            for i, row in enumerate(batch):
-                start = starts[begin + i]
-                logps.append(float(logp[i, start - 1 : len(row) - 1].sum()))
-        return [logps[2 * i] - logps[2 * i + 1] for i in range(len(prompts))]
+        logps = answer_logprobs(self.model, self.tokenizer.pad_token_id, contexts, self.answers, self.batch_size)
+        return [yes - no for yes, no in logps]
 
 
 def scores_of(scorer: Callable, prompts: list[Any], completions: list[list[str]]) -> list[list[float]]:
@@ -134,7 +115,7 @@ def check_scores(scores: Any, completions: list[list[str]], labeler: str) -> lis
 
 def rank(args, prompts: list[Any], completions: list[list[str]], function: Callable | None) -> list[list[int]]:
     """The `ranking` of each prompt's completions by `args.labeler` (`SampleArguments`); empty lists for nobody."""
-    if args.labeler == "none":
+    if args.labeler in ("none", "human"):  # people rank: in the exported JSONL, or in the labeling app
         return [[] for _ in prompts]
     if args.labeler == "tiny_world":
         from ..data.world import TinyWorld
