@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from .label_fixtures import db  # noqa: F401  (the labeling app's fresh database, for tests/test_label_*.py)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the tests may reach the Hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
+
 ENV = "HF_RLHF_LABEL_TEST_DB"
 
 
@@ -61,3 +63,14 @@ def ranking_rows(n: int = 3, k: int = 3, split: str = "train") -> list[dict]:
         }
         for i in range(n)
     ]
+
+
+@pytest.fixture
+def db(tmp_path):
+    """An open `hf_rlhf.label.db.Database` on a fresh database (`fresh_db_url`), closed after the test."""
+    from hf_rlhf.label.db import Database
+
+    with fresh_db_url(tmp_path) as url:
+        database = Database(url)
+        yield database
+        database.close()

@@ -31,14 +31,6 @@ from hf_rlhf.label.tasks import (  # noqa: E402
 from .label_fixtures import field, fresh_db_url, ranking_rows  # noqa: E402
 
 
-@pytest.fixture
-def db(tmp_path):
-    with fresh_db_url(tmp_path) as url:
-        database = Database(url)
-        yield database
-        database.close()
-
-
 def login(app, token: str) -> TestClient:
     client = TestClient(app)
     response = client.get(f"/login/{token}")

@@ -22,15 +22,7 @@ from hf_rlhf.label.projects import add_labeler, create_project  # noqa: E402
 from hf_rlhf.label.tasks import Submission, next_assignment, submit  # noqa: E402
 from hf_rlhf.manifest import require_complete  # noqa: E402
 
-from .label_fixtures import fresh_db_url, ranking_rows  # noqa: E402
-
-
-@pytest.fixture
-def db(tmp_path):
-    with fresh_db_url(tmp_path) as url:
-        database = Database(url)
-        yield database
-        database.close()
+from .label_fixtures import ranking_rows  # noqa: E402
 
 
 def test_kendall_tau_b_hand_values():

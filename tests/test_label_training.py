@@ -70,14 +70,6 @@ def simulate(db: Database, project: str, labelers: dict[str, float], seed: int =
             )
 
 
-@pytest.fixture
-def db(tmp_path):
-    with fresh_db_url(tmp_path) as url:
-        database = Database(url)
-        yield database
-        database.close()
-
-
 def test_agreement_falls_as_labeler_noise_rises(db):
     rows = world_rows(16)
     figures = {}

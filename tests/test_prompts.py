@@ -150,6 +150,25 @@ def test_a_long_prompt_never_reaches_a_256_position_model(models):
         prompt_length_limit(250, 256, 24)
 
 
+def test_chat_formatted_text_prompts_are_counted_and_warned_about(models, caplog):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(models["positions256"])
+    marked = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Q?"}], tokenize=False, add_generation_prompt=True
+    )
+    assert marked != "Q?"  # the template adds markup with special tokens
+    data = Dataset.from_dict({"prompt": ["Plain question?", marked, marked]})
+    with caplog.at_level("WARNING", logger="hf_rlhf.data.prompts"):
+        kept, _ = check_prompts(data, "dataset 'p', split 'train'", tokenizer, None)
+    assert len(kept) == 3  # kept as they are: content, not markup
+    assert "2 of 3 text prompts contain special-token strings (row 1" in caplog.text and "conversations" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_rlhf.data.prompts"):
+        check_prompts(Dataset.from_dict({"prompt": [[{"role": "user", "content": "Q?"}]]}), "d", tokenizer, None)
+    assert "special-token strings" not in caplog.text
+
+
 def test_conversations_lose_their_oldest_turns_first_then_the_start_of_the_last(models):
     from transformers import AutoTokenizer
 

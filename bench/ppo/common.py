@@ -70,6 +70,7 @@ class Settings:
     num_eval_prompts: int = 128
     # filled by `setup`
     train_prompts: list[str] = field(default_factory=list)
+    train_questions: list[str] = field(default_factory=list)
     eval_questions: list[str] = field(default_factory=list)
     eval_prompts: list[str] = field(default_factory=list)
 
@@ -212,6 +213,7 @@ def setup(directory: str, settings: Settings) -> Settings:
 
     train, held_out = world.split_prompts(settings.num_eval_prompts)
     settings.train_prompts = [chat(p.text) for p in train]
+    settings.train_questions = [p.text for p in train]
     settings.eval_questions = [p.text for p in held_out]
     settings.eval_prompts = [chat(p.text) for p in held_out]
 

@@ -95,9 +95,12 @@ def build_hf_rlhf(s: common.Settings, models: dict, tokenizer, output_dir: str, 
         use_cpu=True,
         bf16=False,
     )
-    # The prompts are already chat-formatted strings (the same ones TRL tokenizes), so hf_rlhf uses them as they
-    # are and `RewardModelScorer` encodes prompt + completion + EOS and reads the reward at the EOS, like TRL.
-    dataset = Dataset.from_dict({"prompt": s.train_prompts})
+    # TRL tokenizes the chat-formatted strings with their special tokens; hf_rlhf reads a text prompt as content
+    # (special-token strings split into ordinary tokens, `hf_rlhf.encoding.encode_text`), so it gets the same
+    # questions as conversations: the chat template gives exactly TRL's query ids (checked below), and
+    # `RewardModelScorer` encodes prompt + completion + EOS and reads the reward at the EOS, like TRL.
+    dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": q}] for q in s.train_questions]})
+    check_same_queries(s, tokenizer)
     set_seed(seed)
     trainer = PPOTrainer(
         args,
@@ -116,6 +119,16 @@ def build_hf_rlhf(s: common.Settings, models: dict, tokenizer, output_dir: str, 
 
     trainer.log = timed_log
     return trainer
+
+
+def check_same_queries(s: common.Settings, tokenizer) -> None:
+    """hf_rlhf's encoding of each conversational prompt equals TRL's tokenization of the chat-formatted string."""
+    from hf_rlhf.encoding import encode_prompt
+
+    for question, text in zip(s.train_questions, s.train_prompts, strict=True):
+        ours = encode_prompt(tokenizer, [{"role": "user", "content": question}])
+        if ours != tokenizer(text, add_special_tokens=False)["input_ids"]:
+            raise RuntimeError(f"hf_rlhf and TRL would see different query ids for {question!r}")
 
 
 def history_hf_rlhf(trainer) -> list[dict[str, float]]:

@@ -25,7 +25,7 @@ from typing import Any
 from datasets import Dataset, Features
 from transformers import AutoConfig, PreTrainedTokenizerBase
 
-from ..encoding import encode_prompt, encode_text
+from ..encoding import encode_prompt, encode_text, special_text_in
 from ..errors import DataValidationError, RecipeError
 from .formats import PROMPT_FORMATS, _check_messages, _Errors
 from .loading import row_counts
@@ -82,6 +82,25 @@ def describe_policy(max_prompt_length: int | None, positions: int | None, new_to
     return f"prompts longer than {limit} tokens ({source}): {action[long_prompts]}; checked before models load"
 
 
+def warn_template_markup(prompts: list[Any], where: str, tokenizer: PreTrainedTokenizerBase) -> int:
+    """Warn (and return how many) when text prompts hold special-token strings, most often prompts already
+    formatted with a chat template: a text prompt is content (`hf_rlhf.encoding`), so that markup becomes ordinary
+    characters, not the template's special tokens."""
+    marked = [i for i, p in enumerate(prompts) if special_text_in(tokenizer, p)]
+    if marked:
+        logger.warning(
+            "%s: %d of %d text prompts contain special-token strings (row %d: %s); text prompts are read as content, "
+            "so these become ordinary characters. If they are chat-formatted, pass conversations "
+            "([{'role': 'user', 'content': ...}]) and let the chat template add the markup",
+            where,
+            len(marked),
+            len(prompts),
+            marked[0],
+            ", ".join(repr(t) for t in special_text_in(tokenizer, prompts[marked[0]])[:3]),
+        )
+    return len(marked)
+
+
 def check_prompts(
     dataset: Dataset,
     where: str,
@@ -117,6 +136,7 @@ def check_prompts(
         elif not isinstance(prompt, str) or not prompt.strip():
             errors.add(i, "prompt", "a non-empty string or a conversation ending with a user turn", prompt)
     errors.raise_if_any()
+    warn_template_markup(prompts, where, tokenizer)
     if any(isinstance(p, list) for p in prompts) and not tokenizer.chat_template:
         raise RecipeError(
             f"{where}: the prompts are conversations but the model's tokenizer has no chat template: save one with "

@@ -243,6 +243,21 @@ def create_app(db_url: str | Database, *, public_url: str | None = None) -> Star
             started=f"{time.time():.1f}",
         )
 
+    def admin_post(handler):
+        """An admin POST: the session and the CSRF-checked form read on the event loop, `handler`'s database work
+        in the thread pool."""
+
+        async def endpoint(request: Request) -> Response:
+            session = await run_in_threadpool(admin_only, request)
+            if isinstance(session, Response):
+                return session
+            form = await form_of(request, session)
+            if isinstance(form, Response):
+                return form
+            return await run_in_threadpool(handler, request, session, form)
+
+        return endpoint
+
     def base_url(request: Request) -> str:
         return (public_url or str(request.base_url)).rstrip("/")
 
@@ -278,16 +293,7 @@ def create_app(db_url: str | Database, *, public_url: str | None = None) -> Star
             return session
         return project_page(request, session, int(request.path_params["id"]))
 
-    async def admin_add_labeler(request: Request) -> Response:
-        session = await run_in_threadpool(admin_only, request)
-        if isinstance(session, Response):
-            return session
-        form = await form_of(request, session)
-        if isinstance(form, Response):
-            return form
-        return await run_in_threadpool(admin_add_labeler_done, request, session, form)
-
-    def admin_add_labeler_done(request: Request, session: Session, form) -> Response:
+    def admin_add_labeler(request: Request, session: Session, form) -> Response:
         project_id, name = int(request.path_params["id"]), str(form.get("name", "")).strip()
         with db.session() as s:
             project = s.get(Project, project_id)
@@ -302,16 +308,7 @@ def create_app(db_url: str | Database, *, public_url: str | None = None) -> Star
         link = {"name": name, "url": base_url(request) + login_path(token)}
         return project_page(request, session, project_id, new_link=link)
 
-    async def admin_new_link(request: Request) -> Response:
-        session = await run_in_threadpool(admin_only, request)
-        if isinstance(session, Response):
-            return session
-        form = await form_of(request, session)
-        if isinstance(form, Response):
-            return form
-        return await run_in_threadpool(admin_new_link_done, request, session, form)
-
-    def admin_new_link_done(request: Request, session: Session, form) -> Response:
+    def admin_new_link(request: Request, session: Session, form) -> Response:
         with db.session() as s:
             labeler = s.get(Labeler, int(request.path_params["id"]))
         if labeler is None:
@@ -336,8 +333,8 @@ def create_app(db_url: str | Database, *, public_url: str | None = None) -> Star
         Route("/task/{id:int}", task, methods=["GET", "POST"]),
         Route("/admin", admin),
         Route("/admin/projects/{id:int}", admin_project),
-        Route("/admin/projects/{id:int}/labelers", admin_add_labeler, methods=["POST"]),
-        Route("/admin/labelers/{id:int}/link", admin_new_link, methods=["POST"]),
+        Route("/admin/projects/{id:int}/labelers", admin_post(admin_add_labeler), methods=["POST"]),
+        Route("/admin/labelers/{id:int}/link", admin_post(admin_new_link), methods=["POST"]),
         Route("/healthz", health),
         Route("/favicon.ico", favicon),
         Mount("/static", StaticFiles(directory=static), name="static"),

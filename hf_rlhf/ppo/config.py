@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from ..generation_backend import backend_option
+from ..generation_backend import GenerationBackendArguments
 
 
 @dataclass
-class PPOConfig(TrainingArguments):
+class PPOConfig(TrainingArguments, GenerationBackendArguments):
     """Configuration of hf_rlhf's PPO trainer.
 
     Batch sizes follow TRL's former PPO trainer: one update samples `rollout_batch_size` prompts per process
@@ -168,15 +168,7 @@ class PPOConfig(TrainingArguments):
         },
     )
 
-    # generation backend (hf_rlhf generation backends)
-    generation_backend: str = backend_option("generation_backend")
-    vllm_mode: str = backend_option("vllm_mode")
-    vllm_server_url: str = backend_option("vllm_server_url")
-    vllm_server_timeout: float = backend_option("vllm_server_timeout")
-    vllm_sync_dir: str | None = backend_option("vllm_sync_dir")
-    vllm_dtype: str | None = backend_option("vllm_dtype")
-    vllm_gpu_memory_utilization: float = backend_option("vllm_gpu_memory_utilization")
-    vllm_enable_sleep_mode: bool = backend_option("vllm_enable_sleep_mode")
+    # generation backend: the fields of `GenerationBackendArguments` (hf_rlhf.generation_backend), plus
     vllm_importance_sampling_cap: float | None = field(
         default=None,
         metadata={
