@@ -13,22 +13,24 @@ from hf_rlhf.ppo.config import PPOConfig
 from hf_rlhf.tokenizer import train_bpe_tokenizer
 
 
-def tiny_models(seed: int = 0):
+def tiny_models(seed: int = 0, head_dim: int = 16, max_positions: int = 128, attention_dropout: float = 0.1):
+    """Tokenizer, policy, reference (a copy), value model and 64 conversational prompts: a 2-layer Llama with 2
+    heads of `head_dim` (vLLM's CPU attention needs >= 32) and dropout the trainer must turn off."""
     torch.manual_seed(seed)
     world = TinyWorld(0)
     tokenizer = train_bpe_tokenizer(world.documents(300), vocab_size=300)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=2 * head_dim,
+        intermediate_size=4 * head_dim,
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=2,
-        max_position_embeddings=128,
+        max_position_embeddings=max_positions,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=tokenizer.bos_token_id,
-        attention_dropout=0.1,  # the trainer must turn it off
+        attention_dropout=attention_dropout,
         num_labels=1,
     )
     policy = LlamaForCausalLM(config)

@@ -8,13 +8,9 @@ import json
 import os
 
 import pytest
-import torch
-from datasets import Dataset
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-from hf_rlhf.data.world import TinyWorld
-from hf_rlhf.tokenizer import train_bpe_tokenizer
 from tests.conftest import REPO
+from tests.ppo_fixtures import tiny_models
 
 VLLM_PYTHON = os.environ.get("HF_RLHF_VLLM_PYTHON") or os.path.join(REPO, "outputs", ".venv-vllm", "bin", "python")
 FIGURES = os.environ.get("HF_RLHF_VLLM_FIGURES", os.path.join(REPO, "outputs", "vllm_test_figures.json"))
@@ -23,24 +19,10 @@ SERVER_ARGS = ["--enforce_eager", "--gpu_memory_utilization=0.2", "--max_model_l
 
 def vllm_models(seed: int = 0):
     """Tokenizer, policy, value model and prompts as tests/ppo_fixtures.py's, with 2 heads of 32 dimensions."""
-    torch.manual_seed(seed)
-    world = TinyWorld(0)
-    tokenizer = train_bpe_tokenizer(world.documents(300), vocab_size=300)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        num_labels=1,
+    tokenizer, policy, _, value_model, prompts = tiny_models(
+        seed, head_dim=32, max_positions=256, attention_dropout=0.0
     )
-    prompts = Dataset.from_list([{"prompt": [{"role": "user", "content": p.text}]} for p in world.all_prompts()[:64]])
-    return tokenizer, LlamaForCausalLM(config), LlamaForSequenceClassification(config), prompts
+    return tokenizer, policy, value_model, prompts
 
 
 def record_figure(name: str, value) -> None:
