@@ -162,6 +162,8 @@ def load_pretrained(
             dtype=torch_dtype(args.dtype),
             attn_implementation=args.attn_implementation,
             use_safetensors=True,
+            # transformers >= 5.25 swaps in Hub kernels (downloaded code) at every load when `kernels` is installed
+            use_kernels=False,
             **{**kwargs, **quant},  # a quantized load's `device_map` is the one `hf_rlhf.placement` gives
         )
         if not quant and getattr(model.config, "quantization_config", None):

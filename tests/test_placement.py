@@ -160,6 +160,7 @@ def test_place_moves_a_model_frozen_freezes_it_and_a_loader_placed_model_stays(o
 def test_every_inference_loader_puts_its_model_on_the_rule_s_device(tiny, on_meta, placed):
     model, _ = load_model_for_inference(tiny["sft"])
     assert devices(model) == {META} and not model.training and not any(p.requires_grad for p in model.parameters())
+    assert not model.use_kernels  # no Hub kernels swapped in (transformers >= 5.25 does so when `kernels` is there)
     reward = RewardModelScorer(tiny["reward"]).model
     assert devices(reward) == {META} and not reward.training
     rl_args = RLArguments(reward_model_path=tiny["reward"])
