@@ -82,7 +82,7 @@ def build_models(root: str) -> dict[str, str]:
     dirs = {name: os.path.join(root, name) for name in ("sft", "reward", "prompts")}
     if all(os.path.isdir(d) for d in dirs.values()):
         return dirs
-    texts = CORPUS * 50 + [d for d in TinyWorld(0).documents(2000)]
+    texts = CORPUS * 50 + TinyWorld(0).documents(2000)
     tokenizer = train_bpe_tokenizer(texts, vocab_size=4096)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
